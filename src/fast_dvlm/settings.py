@@ -1,0 +1,60 @@
+"""Block-diffusion settings that travel with a checkpoint, inside its `config.json`.
+
+They live under the key `fast_dvlm` of the model config so that a converted checkpoint still loads
+with plain `transformers.from_pretrained` (which ignores unknown keys) and keeps what decoding needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from .errors import FastDVLMError
+
+CONFIG_KEY = "fast_dvlm"
+CleanAttention = Literal["causal", "block-causal"]
+
+
+@dataclass
+class DiffusionSettings:
+    """What a block-diffusion VLM needs to decode, with the paper's defaults.
+
+    clean_attention: how the committed (clean) tokens attend to each other. "causal" is Fast-dVLM
+    (token-level causal, so the KV cache equals an AR model's); "block-causal" is Fast-dLLM v2.
+    recipe: the training recipe that produced the checkpoint (empty for a model never converted).
+    """
+
+    mask_token_id: int | None = None
+    block_size: int = 32
+    sub_block_size: int = 8
+    threshold: float = 0.9
+    clean_attention: CleanAttention = "causal"
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_block_settings(self.block_size, self.sub_block_size, self.threshold)
+        if self.clean_attention not in ("causal", "block-causal"):
+            raise FastDVLMError(
+                f"clean_attention must be 'causal' or 'block-causal', got {self.clean_attention!r}"
+            )
+
+    @classmethod
+    def from_config(cls, config: Any) -> DiffusionSettings:
+        stored = getattr(config, CONFIG_KEY, None) or {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+    def write_to(self, config: Any) -> None:
+        setattr(config, CONFIG_KEY, asdict(self))
+
+
+def validate_block_settings(block_size: int, sub_block_size: int, threshold: float) -> None:
+    """Reject block settings that contradict each other, with a message that says how to fix them."""
+    if block_size < 1:
+        raise FastDVLMError(f"block_size must be at least 1, got {block_size}")
+    if sub_block_size < 1 or block_size % sub_block_size:
+        raise FastDVLMError(
+            f"sub_block_size ({sub_block_size}) must be a positive divisor of block_size ({block_size})"
+        )
+    if not 0.0 < threshold <= 1.0:
+        raise FastDVLMError(f"threshold must be in (0, 1], got {threshold}")

@@ -1,0 +1,172 @@
+"""`DiffusionVLM`: a transformers VLM plus what block-diffusion decoding needs, and `load()`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from .decoding import DecodeOptions, Decoder, Session, make_decoder
+from .errors import FastDVLMError
+from .models.family import Family
+from .models.mask_token import add_mask_token
+from .models.registry import family_of, get_family
+from .prompt import ImageLike, Messages, encode_prompt
+from .settings import DiffusionSettings
+
+
+@dataclass
+class GenerationOutput:
+    """One answer and what it cost. `nfe` counts every language-model pass, prefill included."""
+
+    text: str
+    token_ids: list[int]  # up to and including the first stop token, nothing after
+    nfe: int
+    prefill_nfe: int
+    seconds: float
+    prompt_tokens: int
+    mode: str
+    trace: list[int] = field(default_factory=list)  # tokens committed by each step after prefill
+
+    @property
+    def tokens_per_nfe(self) -> float:
+        return len(self.token_ids) / max(self.nfe, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.token_ids) / max(self.seconds, 1e-9)
+
+
+class DiffusionVLM:
+    """A vision-language model that decodes with `ar`, block diffusion or self-speculation.
+
+    Wraps an in-memory transformers model and its processor; adds the `[MASK]` token if the
+    tokenizer lacks it and records its id in the config's `fast_dvlm` settings.
+    """
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, family: Family | None = None) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.family = family or family_of(model.config)
+        self.settings = DiffusionSettings.from_config(model.config)
+        self.settings.mask_token_id = add_mask_token(model, processor.tokenizer)
+        self.settings.write_to(model.config)
+        self.stop_ids = self._stop_ids()
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def _stop_ids(self) -> frozenset[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in self.family.stop_tokens if t in vocab)
+        return frozenset(ids)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> DiffusionVLM:
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FastDVLMError(
+                f"{path} is not a model directory: no config.json (expected a Hugging Face checkpoint "
+                "saved with save_pretrained)"
+            )
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        except json.JSONDecodeError as exc:
+            raise FastDVLMError(f"{config_file} is not valid JSON: {exc}") from None
+        family = get_family(model_type or "<missing model_type>")
+        model = family.model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        return cls(model, processor, family)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a checkpoint that plain `transformers.from_pretrained` and `fast_dvlm.load` both open."""
+        self.settings.write_to(self.model.config)
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    def decode_options(
+        self, max_new_tokens: int, block_size: int | None, sub_block_size: int | None, threshold: float | None
+    ) -> DecodeOptions:
+        s = self.settings
+        return DecodeOptions(
+            max_new_tokens=max_new_tokens,
+            stop_ids=self.stop_ids,
+            mask_id=s.mask_token_id,
+            block_size=block_size or s.block_size,
+            sub_block_size=sub_block_size or s.sub_block_size,
+            threshold=threshold if threshold is not None else s.threshold,
+        )
+
+    def _begin(
+        self, prompt: str | Messages, images: Sequence[ImageLike] | None, mode: str, options: DecodeOptions
+    ) -> tuple[Decoder, Session, torch.Tensor]:
+        """Validate, encode and prefill: everything before the first decoding step."""
+        decoder = make_decoder(mode, options)
+        batch = encode_prompt(self.processor, prompt, images)
+        session = Session(self.model, self.family)
+        first_logits = session.prefill(self.family.embed(self.model, batch))
+        return decoder, session, first_logits
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        prompt: str | Messages,
+        images: Sequence[ImageLike] | None = None,
+        mode: str = "ar",
+        max_new_tokens: int = 128,
+        block_size: int | None = None,
+        sub_block_size: int | None = None,
+        threshold: float | None = None,
+    ) -> Iterator[list[int]]:
+        """Yield the answer's token ids chunk by chunk, as each decoding step commits them."""
+        options = self.decode_options(max_new_tokens, block_size, sub_block_size, threshold)
+        decoder, session, first_logits = self._begin(prompt, images, mode, options)
+        yield from decoder.run(session, first_logits)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: str | Messages,
+        images: Sequence[ImageLike] | None = None,
+        mode: str = "ar",
+        max_new_tokens: int = 128,
+        block_size: int | None = None,
+        sub_block_size: int | None = None,
+        threshold: float | None = None,
+    ) -> GenerationOutput:
+        """Answer `prompt` (a string, or chat messages) about `images` with decoding algorithm `mode`."""
+        start = time.perf_counter()
+        options = self.decode_options(max_new_tokens, block_size, sub_block_size, threshold)
+        decoder, session, first_logits = self._begin(prompt, images, mode, options)
+        for _ in decoder.run(session, first_logits):
+            pass
+        return GenerationOutput(
+            text=self.tokenizer.decode(session.tokens, skip_special_tokens=True),
+            token_ids=list(session.tokens),
+            nfe=session.nfe,
+            prefill_nfe=1,
+            seconds=time.perf_counter() - start,
+            prompt_tokens=session.prompt_len,
+            mode=mode,
+            trace=list(session.trace),
+        )
+
+
+def load(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> DiffusionVLM:
+    """Open a local checkpoint directory, or `tiny:<family>` for a random tiny model built on the spot."""
+    name = str(name_or_path)
+    if name.startswith("tiny:"):
+        from .models.tiny import build_tiny_model
+
+        model, processor = build_tiny_model(name.removeprefix("tiny:"))
+        return DiffusionVLM(model.to(dtype), processor)
+    return DiffusionVLM.from_pretrained(name_or_path, dtype=dtype)

@@ -1,0 +1,45 @@
+"""Tiny random models of every family, built once per test session, fully offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fast_dvlm import DiffusionVLM  # noqa: E402
+from fast_dvlm.models.family import TinySize  # noqa: E402
+from fast_dvlm.models.registry import FAMILIES  # noqa: E402
+from fast_dvlm.models.tiny import build_tiny_model  # noqa: E402
+
+FAMILY_NAMES = sorted(FAMILIES)
+# A large init scale makes random models' outputs varied and sensitive to every input detail
+# (image pixels, positions), so equivalence tests can fail when something is off.
+TEST_SIZE = TinySize(init_std=0.3)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms() -> dict[str, DiffusionVLM]:
+    return {name: DiffusionVLM(*build_tiny_model(name, TEST_SIZE)) for name in FAMILY_NAMES}
+
+
+@pytest.fixture(params=FAMILY_NAMES)
+def family_name(request) -> str:
+    return request.param
+
+
+def drawn_image(seed: int, size: tuple[int, int] = (96, 80)) -> Image.Image:
+    """A small deterministic picture: coloured shapes on a plain background."""
+    image = Image.new("RGB", size, ((seed * 70) % 256, 200, (seed * 30) % 256))
+    draw = ImageDraw.Draw(image)
+    for k in range(3):
+        x, y = (seed * 17 + k * 23) % size[0], (seed * 11 + k * 31) % size[1]
+        draw.ellipse([x, y, x + 20, y + 16], fill=((k * 90) % 256, (seed * 50) % 256, 40))
+    return image
+
+
+@pytest.fixture(scope="session")
+def images() -> list[Image.Image]:
+    return [drawn_image(1), drawn_image(2, (64, 112))]
