@@ -71,4 +71,6 @@ def test_chat_messages_equal_plain_prompt(tiny_vlms, images):
 def test_streaming_yields_the_same_tokens(tiny_vlms, images):
     vlm = tiny_vlms["qwen3_vl"]
     chunks = list(vlm.stream("What is shown?", images=images[:1], max_new_tokens=9))
-    assert [t for c in chunks for t in c] == vlm.generate("What is shown?", images=images[:1], max_new_tokens=9).token_ids
+    assert [t for c in chunks for t in c] == vlm.generate(
+        "What is shown?", images=images[:1], max_new_tokens=9
+    ).token_ids

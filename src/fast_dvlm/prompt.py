@@ -31,7 +31,9 @@ def load_image(image: ImageLike) -> Image.Image:
         raise FastDVLMError(f"cannot read image {path}: not a valid image file ({exc})") from None
 
 
-def to_messages(prompt: str | Messages, images: Sequence[ImageLike] | None) -> tuple[Messages, list[Image.Image]]:
+def to_messages(
+    prompt: str | Messages, images: Sequence[ImageLike] | None
+) -> tuple[Messages, list[Image.Image]]:
     """Normalise a prompt into chat messages and the ordered list of images they refer to.
 
     A string becomes one user turn with the images first, then the text. In messages, an image

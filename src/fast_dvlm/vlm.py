@@ -49,7 +49,9 @@ class DiffusionVLM:
     tokenizer lacks it and records its id in the config's `fast_dvlm` settings.
     """
 
-    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, family: Family | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, processor: ProcessorMixin, family: Family | None = None
+    ) -> None:
         self.model = model.eval()
         self.processor = processor
         self.family = family or family_of(model.config)

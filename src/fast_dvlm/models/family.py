@@ -69,7 +69,7 @@ class Family(ABC):
     def tiny_processor(self, tokenizer: PreTrainedTokenizerBase, size: TinySize) -> ProcessorMixin:
         """The family's real processor class around `tokenizer`, resizing images to `size.image_size`."""
 
-    def init_tiny_weights(self, model: PreTrainedModel) -> None:
+    def init_tiny_weights(self, model: PreTrainedModel) -> None:  # noqa: B027 (optional hook)
         """Fix up a freshly built tiny model's initialisation where transformers' own is unsuitable."""
 
     def language_model(self, model: PreTrainedModel) -> nn.Module:

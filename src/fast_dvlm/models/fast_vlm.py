@@ -111,7 +111,9 @@ class FastVlmFamily(Family):
     def lm_position_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
         return position_ids[0]
 
-    def tiny_config(self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int) -> FastVlmConfig:
+    def tiny_config(
+        self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
+    ) -> FastVlmConfig:
         fastvit = tiny_fastvit_args(size)
         vision = {
             "model_type": "timm_wrapper",

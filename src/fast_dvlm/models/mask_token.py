@@ -8,7 +8,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 MASK_TOKEN = "<|mask|>"
 
 
-def add_mask_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token: str = MASK_TOKEN) -> int:
+def add_mask_token(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token: str = MASK_TOKEN
+) -> int:
     """Make sure `tokenizer` has a mask token with an embedding row in `model`; return its id.
 
     A tokenizer that already has a mask token keeps it (e.g. the released checkpoints' `|<MASK>|`).

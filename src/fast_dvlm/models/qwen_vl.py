@@ -74,7 +74,11 @@ def qwen_text_config(tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_s
         num_attention_heads=size.num_heads,
         num_key_value_heads=size.num_kv_heads,
         max_position_embeddings=size.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(head_dim)},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": mrope_section(head_dim),
+        },
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
@@ -105,7 +109,9 @@ class QwenVLFamily(Family):
         input_ids = batch["input_ids"]
         extra: dict[str, Any] = {}
         if batch.get("pixel_values") is not None:
-            vision = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
+            vision = model.model.get_image_features(
+                batch["pixel_values"], batch["image_grid_thw"], return_dict=True
+            )
             embeds, is_image = self.merge_image_features(model, input_ids, torch.cat(vision.pooler_output))
             extra = self.vision_extra(vision, is_image)
         else:
@@ -146,7 +152,9 @@ class Qwen2VLFamily(QwenVLFamily):
     def model_class(self) -> type[PreTrainedModel]:
         return Qwen2VLForConditionalGeneration
 
-    def tiny_config(self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int) -> Qwen2VLConfig:
+    def tiny_config(
+        self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
+    ) -> Qwen2VLConfig:
         vision = dict(
             depth=size.vision_layers,
             embed_dim=size.vision_hidden_size,
@@ -156,7 +164,9 @@ class Qwen2VLFamily(QwenVLFamily):
             patch_size=self.patch_size,
         )
         return Qwen2VLConfig(
-            text_config=qwen_text_config(tokenizer, size, vocab_size), vision_config=vision, **qwen_token_ids(tokenizer)
+            text_config=qwen_text_config(tokenizer, size, vocab_size),
+            vision_config=vision,
+            **qwen_token_ids(tokenizer),
         )
 
 
@@ -168,7 +178,9 @@ class Qwen2_5_VLFamily(QwenVLFamily):
     def model_class(self) -> type[PreTrainedModel]:
         return Qwen2_5_VLForConditionalGeneration
 
-    def tiny_config(self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int) -> Qwen2_5_VLConfig:
+    def tiny_config(
+        self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
+    ) -> Qwen2_5_VLConfig:
         vision = dict(
             depth=size.vision_layers,
             hidden_size=size.vision_hidden_size,
@@ -180,7 +192,9 @@ class Qwen2_5_VLFamily(QwenVLFamily):
             fullatt_block_indexes=[size.vision_layers - 1],
         )
         return Qwen2_5_VLConfig(
-            text_config=qwen_text_config(tokenizer, size, vocab_size), vision_config=vision, **qwen_token_ids(tokenizer)
+            text_config=qwen_text_config(tokenizer, size, vocab_size),
+            vision_config=vision,
+            **qwen_token_ids(tokenizer),
         )
 
 
@@ -200,7 +214,9 @@ class Qwen3VLFamily(QwenVLFamily):
         deepstack = [torch.cat(per_layer) for per_layer in vision.deepstack_features]
         return {"visual_pos_masks": is_image, "deepstack_visual_embeds": deepstack}
 
-    def tiny_config(self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int) -> Qwen3VLConfig:
+    def tiny_config(
+        self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
+    ) -> Qwen3VLConfig:
         text = qwen_text_config(tokenizer, size, vocab_size)
         text["head_dim"] = size.hidden_size // size.num_heads
         text["rope_parameters"]["mrope_interleaved"] = True

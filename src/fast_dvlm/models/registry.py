@@ -9,7 +9,9 @@ from .family import Family
 from .fast_vlm import FastVlmFamily
 from .qwen_vl import Qwen2_5_VLFamily, Qwen2VLFamily, Qwen3VLFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Qwen2VLFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), FastVlmFamily())}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (Qwen2VLFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), FastVlmFamily())
+}
 
 
 def get_family(name: str) -> Family:

@@ -26,7 +26,7 @@ def build_tiny_model(
     vocab_size: int = 512,
     seed: int = 0,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """A randomly initialised model of `family_name` with its tokenizer (mask token included) and processor."""
+    """A random model of `family_name` with its tokenizer (mask token included) and processor."""
     family = get_family(family_name)
     size = size or TinySize()
     tokenizer = train_bpe_tokenizer(
