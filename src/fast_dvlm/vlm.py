@@ -85,8 +85,12 @@ class DiffusionVLM:
         except json.JSONDecodeError as exc:
             raise FastDVLMError(f"{config_file} is not valid JSON: {exc}") from None
         family = get_family(model_type or "<missing model_type>")
-        model = family.model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        try:
+            model = family.model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FastDVLMError(f"cannot load the checkpoint in {path}: {first_line}") from exc
         return cls(model, processor, family)
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -160,6 +164,27 @@ class DiffusionVLM:
             prompt_tokens=session.prompt_len,
             mode=mode,
             trace=list(session.trace),
+        )
+
+    @torch.inference_mode()
+    def hf_generate(
+        self, prompt: str | Messages, images: Sequence[ImageLike] | None = None, max_new_tokens: int = 128
+    ) -> GenerationOutput:
+        """The reference: transformers' own greedy `generate` on the same prompt (one pass per token)."""
+        start = time.perf_counter()
+        batch = encode_prompt(self.processor, prompt, images)
+        out = self.model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(self.stop_ids)
+        )
+        tokens = out[0, batch["input_ids"].shape[1] :].tolist()
+        return GenerationOutput(
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            token_ids=tokens,
+            nfe=len(tokens),
+            prefill_nfe=1,
+            seconds=time.perf_counter() - start,
+            prompt_tokens=batch["input_ids"].shape[1],
+            mode="hf-generate",
         )
 
 

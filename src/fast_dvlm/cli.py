@@ -1,0 +1,109 @@
+"""`fast-dvlm <command>`: a thin layer over the library. Errors the user can fix print one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .errors import FastDVLMError
+
+
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    from .decoding import DECODERS
+
+    parser.add_argument(
+        "--mode", default="ar", choices=list(DECODERS), help="decoding algorithm (default: ar)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default: 128)")
+    parser.add_argument(
+        "--block-size", type=int, default=None, help="tokens per block (default: model's, 32)"
+    )
+    parser.add_argument("--sub-block-size", type=int, default=None, help="tokens per sub-block (default: 8)")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="confidence threshold tau (default: 0.9)"
+    )
+
+
+def stat_line(out) -> str:
+    return (
+        f"[{out.mode}] {len(out.token_ids)} tokens, {out.nfe} NFE ({out.tokens_per_nfe:.2f} tokens/NFE), "
+        f"{out.tokens_per_second:.1f} tokens/s, {out.seconds:.2f} s"
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .prompt import load_image
+    from .vlm import load
+
+    images = [load_image(path) for path in args.image]  # fail on a bad image before loading the model
+    if not args.prompt.strip():
+        raise FastDVLMError("the prompt is empty: give a question or instruction with --prompt")
+    vlm = load(args.model)
+    out = vlm.generate(
+        args.prompt,
+        images=images,
+        mode=args.mode,
+        max_new_tokens=args.max_new_tokens,
+        block_size=args.block_size,
+        sub_block_size=args.sub_block_size,
+        threshold=args.threshold,
+    )
+    if args.json:
+        fields = ("text", "token_ids", "nfe", "prefill_nfe", "seconds", "prompt_tokens", "mode", "trace")
+        print(json.dumps({k: getattr(out, k) for k in fields} | {"tokens_per_nfe": out.tokens_per_nfe}))
+    else:
+        print(out.text)
+        print(stat_line(out), file=sys.stderr)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.model, max_new_tokens=args.max_new_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fast-dvlm",
+        description="Block-diffusion vision-language models: convert, decode fast, evaluate, serve.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser(
+        "generate", help="answer one prompt about images", description="Answer one prompt."
+    )
+    gen.add_argument(
+        "--model", required=True, help="checkpoint directory, or tiny:FAMILY for a random tiny model"
+    )
+    gen.add_argument("--prompt", required=True, help="the question or instruction")
+    gen.add_argument("--image", action="append", default=[], help="image file (repeat for several images)")
+    gen.add_argument("--json", action="store_true", help="print the full result as one JSON object")
+    add_decoding_args(gen)
+    gen.set_defaults(run=cmd_generate)
+
+    demo = commands.add_parser(
+        "demo", help="side-by-side run on fresh images", description="Decode fresh images with every mode."
+    )
+    demo.add_argument("--model", default="tiny:qwen2_5_vl", help="model to run (default: tiny:qwen2_5_vl)")
+    demo.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default: 32)")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FastDVLMError as exc:
+        print(f"fast-dvlm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fast-dvlm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
