@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fast_dvlm.decoding import StepTrace
 from fast_dvlm.prompt import encode_prompt
 
 PROMPTS = [("What colour is the circle?", 24), ("Count the shapes, then answer.", 7)]
@@ -25,7 +26,7 @@ def test_ar_equals_transformers_generate(tiny_vlms, family_name, images, n_image
     out = vlm.generate(prompt, images=used, mode="ar", max_new_tokens=max_new_tokens)
     assert out.token_ids == hf_greedy(vlm, prompt, used, max_new_tokens)
     assert out.nfe == len(out.token_ids)  # one pass per token (the prefill yields the first)
-    assert out.trace == [1] * (len(out.token_ids) - 1)
+    assert out.trace == [StepTrace(tokens=1, passes=1)] * (len(out.token_ids) - 1)
 
 
 def test_images_change_the_answer(tiny_vlms, family_name, images):

@@ -51,8 +51,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         threshold=args.threshold,
     )
     if args.json:
-        fields = ("text", "token_ids", "nfe", "prefill_nfe", "seconds", "prompt_tokens", "mode", "trace")
-        print(json.dumps({k: getattr(out, k) for k in fields} | {"tokens_per_nfe": out.tokens_per_nfe}))
+        print(json.dumps(out.to_dict()))
     else:
         print(out.text)
         print(stat_line(out), file=sys.stderr)

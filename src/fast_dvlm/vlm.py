@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from .decoding import DecodeOptions, Decoder, Session, make_decoder
+from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
 from .errors import FastDVLMError
 from .models.family import Family
 from .models.mask_token import add_mask_token
@@ -31,7 +32,7 @@ class GenerationOutput:
     seconds: float
     prompt_tokens: int
     mode: str
-    trace: list[int] = field(default_factory=list)  # tokens committed by each step after prefill
+    trace: list[StepTrace] = field(default_factory=list)  # per decoding step after the prefill
 
     @property
     def tokens_per_nfe(self) -> float:
@@ -40,6 +41,13 @@ class GenerationOutput:
     @property
     def tokens_per_second(self) -> float:
         return len(self.token_ids) / max(self.seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every field plus the derived rates."""
+        return asdict(self) | {
+            "tokens_per_nfe": self.tokens_per_nfe,
+            "tokens_per_second": self.tokens_per_second,
+        }
 
 
 class DiffusionVLM:
@@ -103,22 +111,31 @@ class DiffusionVLM:
         self, max_new_tokens: int, block_size: int | None, sub_block_size: int | None, threshold: float | None
     ) -> DecodeOptions:
         s = self.settings
+        block_size = s.block_size if block_size is None else block_size
+        if sub_block_size is None:  # the model's default where it fits, else the largest that does
+            sub_block_size = math.gcd(s.sub_block_size, block_size) or 1
         return DecodeOptions(
             max_new_tokens=max_new_tokens,
             stop_ids=self.stop_ids,
             mask_id=s.mask_token_id,
-            block_size=block_size or s.block_size,
-            sub_block_size=sub_block_size or s.sub_block_size,
+            block_size=block_size,
+            sub_block_size=sub_block_size,
             threshold=threshold if threshold is not None else s.threshold,
+            clean_attention=s.clean_attention,
         )
 
     def _begin(
-        self, prompt: str | Messages, images: Sequence[ImageLike] | None, mode: str, options: DecodeOptions
+        self,
+        prompt: str | Messages,
+        images: Sequence[ImageLike] | None,
+        mode: str,
+        options: DecodeOptions,
+        use_cache: bool = True,
     ) -> tuple[Decoder, Session, torch.Tensor]:
         """Validate, encode and prefill: everything before the first decoding step."""
         decoder = make_decoder(mode, options)
         batch = encode_prompt(self.processor, prompt, images)
-        session = Session(self.model, self.family)
+        session = Session(self.model, self.family, use_cache=use_cache)
         first_logits = session.prefill(self.family.embed(self.model, batch))
         return decoder, session, first_logits
 
@@ -148,11 +165,17 @@ class DiffusionVLM:
         block_size: int | None = None,
         sub_block_size: int | None = None,
         threshold: float | None = None,
+        *,
+        use_cache: bool = True,
     ) -> GenerationOutput:
-        """Answer `prompt` (a string, or chat messages) about `images` with decoding algorithm `mode`."""
+        """Answer `prompt` (a string, or chat messages) about `images` with decoding algorithm `mode`.
+
+        `use_cache=False` recomputes the whole prefix on every pass instead of reading a KV cache:
+        slow, and there to check that the cache holds exactly what a fresh pass would compute.
+        """
         start = time.perf_counter()
         options = self.decode_options(max_new_tokens, block_size, sub_block_size, threshold)
-        decoder, session, first_logits = self._begin(prompt, images, mode, options)
+        decoder, session, first_logits = self._begin(prompt, images, mode, options, use_cache)
         for _ in decoder.run(session, first_logits):
             pass
         return GenerationOutput(
@@ -163,7 +186,7 @@ class DiffusionVLM:
             seconds=time.perf_counter() - start,
             prompt_tokens=session.prompt_len,
             mode=mode,
-            trace=list(session.trace),
+            trace=list(decoder.trace),
         )
 
     @torch.inference_mode()

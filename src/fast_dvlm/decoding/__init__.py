@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from ..errors import FastDVLMError
 from .ar import ARDecoder
-from .base import DecodeOptions, Decoder
+from .base import DecodeOptions, Decoder, StepTrace
+from .diffusion import BlockDiffusionDecoder
 from .session import Session
+from .spec_linear import SpecLinearDecoder
+from .spec_quadratic import SpecQuadraticDecoder
 
-DECODERS: dict[str, type[Decoder]] = {cls.name: cls for cls in (ARDecoder,)}
+DECODERS: dict[str, type[Decoder]] = {
+    cls.name: cls for cls in (ARDecoder, BlockDiffusionDecoder, SpecLinearDecoder, SpecQuadraticDecoder)
+}
 
 
 def make_decoder(mode: str, options: DecodeOptions) -> Decoder:
@@ -16,4 +21,4 @@ def make_decoder(mode: str, options: DecodeOptions) -> Decoder:
     return DECODERS[mode](options)
 
 
-__all__ = ["DECODERS", "DecodeOptions", "Decoder", "Session", "make_decoder"]
+__all__ = ["DECODERS", "DecodeOptions", "Decoder", "Session", "StepTrace", "make_decoder"]

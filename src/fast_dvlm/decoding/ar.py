@@ -10,9 +10,9 @@ from .session import Session
 
 class ARDecoder(Decoder):
     name = "ar"
+    needs_mask_token = False
 
-    def step(self, session: Session) -> list[int]:
+    def step(self, session: Session, budget: int) -> list[int]:
         start = session.cache_len
-        seed = torch.tensor([session.tokens[-1]])
-        logits = session.forward(seed, torch.tensor([start]))
+        logits = session.forward(torch.tensor([session.tokens[-1]]), torch.tensor([start]))
         return [int(logits[-1].argmax())]

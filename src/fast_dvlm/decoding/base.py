@@ -1,4 +1,5 @@
-"""The decoding interface: the base class owns the loop; each algorithm implements `step`."""
+"""The decoding interface: the base class owns the loop and the block passes; each algorithm
+implements `step`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import ClassVar
 
 import torch
 
+from ..diffusion.attention import Tokens, additive_mask, attention_allowed
 from ..errors import FastDVLMError
 from ..settings import validate_block_settings
 from .session import Session
@@ -24,6 +26,7 @@ class DecodeOptions:
     block_size: int = 32
     sub_block_size: int = 8
     threshold: float = 0.9
+    clean_attention: str = "causal"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -31,33 +34,90 @@ class DecodeOptions:
         validate_block_settings(self.block_size, self.sub_block_size, self.threshold)
 
 
+@dataclass(frozen=True)
+class StepTrace:
+    """What one decoding step cost and gave: the numbers users plot."""
+
+    tokens: int  # tokens committed
+    passes: int  # language-model forward passes used
+
+
 class Decoder(ABC):
-    """A decoding algorithm. `step` commits the next tokens after `session.tokens[-1]`.
+    """A decoding algorithm. `step` commits the tokens that follow the seed.
 
     Invariant between steps: the cache holds the prompt and every committed token but the last
-    one (the "seed"), whose successor is what `step` decodes next.
+    one (the "seed"); `step` decodes what follows the seed and leaves the invariant true again.
     """
 
     name: ClassVar[str]
+    needs_mask_token: ClassVar[bool] = True
 
     def __init__(self, options: DecodeOptions) -> None:
+        if self.needs_mask_token and options.mask_id is None:
+            raise FastDVLMError(f"mode {self.name!r} needs a mask token id; this model has none")
         self.options = options
+        self.trace: list[StepTrace] = []
 
     @abstractmethod
-    def step(self, session: Session) -> list[int]:
-        """Decode and return the tokens that follow the seed, leaving the invariant true."""
+    def step(self, session: Session, budget: int) -> list[int]:
+        """Decode and return the tokens that follow the seed. Only the first `budget` will be used,
+        so an algorithm may stop early once it knows them (or a stop token with nothing masked before it)."""
 
     def run(self, session: Session, first_logits: torch.Tensor) -> Iterator[list[int]]:
         """Yield committed tokens chunk by chunk, up to and including the first stop token."""
         chunk = [int(first_logits.argmax())]  # the prefill's AR prediction is the first seed
         while True:
             chunk = chunk[: self.options.max_new_tokens - len(session.tokens)]
-            stop_at = next((i for i, t in enumerate(chunk) if t in self.options.stop_ids), None)
+            stop_at = self.first_stop(chunk)
             if stop_at is not None:
                 chunk = chunk[: stop_at + 1]
             session.tokens.extend(chunk)
             yield chunk
             if stop_at is not None or len(session.tokens) >= self.options.max_new_tokens:
                 return
-            chunk = self.step(session)
-            session.trace.append(len(chunk))
+            passes_before = session.nfe
+            chunk = self.step(session, self.options.max_new_tokens - len(session.tokens))
+            self.trace.append(StepTrace(len(chunk), session.nfe - passes_before))
+
+    def first_stop(self, tokens: list[int]) -> int | None:
+        return next((i for i, t in enumerate(tokens) if t in self.options.stop_ids), None)
+
+    # The two kinds of block pass every block algorithm is made of.
+
+    def block_mask(self, session: Session, new: Tokens) -> torch.Tensor:
+        """The additive attention mask of `new` tokens over [cache | new], from the shared rules."""
+        keys = Tokens.cached(session.cache_len) + new
+        return additive_mask(attention_allowed(new, keys, self.options.clean_attention), session.dtype)
+
+    def denoise_logits(
+        self, session: Session, block: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Bidirectional pass of a (partly masked) block over the cache; its keys are not kept.
+
+        Returns `[B, V]` logits; with the token shift, row j predicts block position j + 1.
+        """
+        start = session.cache_len
+        seq = torch.arange(start, start + block.shape[0])
+        if mask is None:
+            mask = self.block_mask(session, Tokens.make(True, seq, 0))
+        logits = session.forward(block, seq, mask)
+        session.rollback(start)
+        return logits
+
+    def causal_logits(self, session: Session, block: torch.Tensor) -> torch.Tensor:
+        """Causal pass of a fully decoded block; writes its keys to the cache as AR decoding would.
+
+        Returns `[B, V]` logits: row j is the AR prediction for the token after block position j.
+        """
+        start = session.cache_len
+        seq = torch.arange(start, start + block.shape[0])
+        mask = None  # transformers' own causal mask over [cache | block] is the C2C rule
+        if self.options.clean_attention != "causal":
+            mask = self.block_mask(session, Tokens.make(False, seq, 0))
+        return session.forward(block, seq, mask)
+
+    def masked_block(self, seed: int) -> torch.Tensor:
+        """`[seed, MASK x (B - 1)]`: what every block starts from."""
+        block = torch.full((self.options.block_size,), self.options.mask_id, dtype=torch.long)
+        block[0] = seed
+        return block

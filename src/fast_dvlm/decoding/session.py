@@ -4,68 +4,121 @@ Positions follow one rule: the token at sequence index i (prompt tokens first, t
 ones) has rotary position `i + position_offset` in every row. The offset is 0 for 1-D RoPE; for
 M-RoPE it is what the image grids shifted text positions by, so decoding continues exactly where
 the prompt's 3-row position ids left off.
+
+With `use_cache=False` the session keeps no KV cache: every pass recomputes the whole prefix
+(prompt and every token a cached pass would have kept) causally. It is slow and exists so tests can
+check that the cache holds exactly what a fresh causal pass would compute.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from ..diffusion.attention import Tokens, additive_mask, attention_allowed
 from ..models.family import Family, LMInputs
 
 
 class Session:
-    def __init__(self, model: PreTrainedModel, family: Family) -> None:
+    def __init__(self, model: PreTrainedModel, family: Family, use_cache: bool = True) -> None:
         self.family = family
         self.text_model = family.language_model(model)
         self.lm_head = family.lm_head(model)
         self.embed_tokens = model.get_input_embeddings()
-        self.cache = DynamicCache(config=family.text_config(model))
+        self.dtype = self.embed_tokens.weight.dtype
+        self.use_cache = use_cache
+        self.cache = DynamicCache(config=family.text_config(model)) if use_cache else None
+        self.prefix: LMInputs | None = None  # without a cache: everything a cache would hold
         self.position_offset = 0
         self.prompt_len = 0
         self.tokens: list[int] = []  # committed answer tokens; the last one is not in the cache yet
         self.nfe = 0  # every language-model pass, prefill included
-        self.trace: list[int] = []  # tokens committed by each decoding step after prefill
 
     @property
     def cache_len(self) -> int:
-        return self.cache.get_seq_length()
+        """Number of sequence positions whose keys and values are held (prompt + committed)."""
+        if self.use_cache:
+            return self.cache.get_seq_length()
+        return self.prefix.inputs_embeds.shape[1]
 
     def prefill(self, inputs: LMInputs) -> torch.Tensor:
         """Causal pass over the whole prompt (vision included) into the cache; logits of its last position."""
         self.prompt_len = inputs.inputs_embeds.shape[1]
         self.position_offset = int(inputs.position_ids.max()) + 1 - self.prompt_len
         hidden = self._run(inputs.inputs_embeds, inputs.position_ids, None, inputs.extra)
+        if not self.use_cache:
+            self.prefix = inputs
         return self.lm_head(hidden[0, -1:])[0]
 
     def forward(
         self,
         token_ids: torch.Tensor,
         seq_index: torch.Tensor,
-        attention_bias: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         logits_from: int = 0,
     ) -> torch.Tensor:
         """Run `token_ids` ([n]) at sequence indices `seq_index` ([n]) on top of the cache.
 
-        `attention_bias` ([1, 1, n, cache_len + n], additive float) says who sees whom; None means
-        causal. Returns logits `[n - logits_from, V]` (skip the head where logits are not needed).
+        `attention_mask` ([1, 1, n, cache_len + n], additive float) says who sees whom; None means
+        causal. Their keys and values are appended to the cache (roll back what is not kept).
+        Returns logits `[n - logits_from, V]` (skip the head where logits are not needed).
         """
         embeds = self.embed_tokens(token_ids)[None]  # [1, n, D]
         rows = self.family.position_rows
         positions = (seq_index + self.position_offset).view(1, 1, -1).expand(rows, 1, -1)
-        hidden = self._run(embeds, positions, attention_bias, {})
+        if self.use_cache:
+            hidden = self._run(embeds, positions, attention_mask, {})
+        else:
+            hidden = self._recompute(embeds, positions, attention_mask)
         return self.lm_head(hidden[0, logits_from:])
 
+    def rollback(self, keep: int) -> None:
+        """Forget every cached position from `keep` on."""
+        drop = self.cache_len - keep
+        if drop < 0:
+            raise ValueError(f"cannot roll back to {keep}: only {self.cache_len} positions are cached")
+        if drop == 0:
+            return
+        if self.use_cache:
+            self.cache.crop(-drop)  # transformers 5.x: a negative count of positions to drop
+        else:
+            p = self.prefix
+            self.prefix = LMInputs(p.inputs_embeds[:, :keep], p.position_ids[..., :keep], p.extra)
+
     def _run(
-        self, embeds: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor | None, extra: dict
-    ) -> torch.Tensor:
+        self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, extra: dict
+    ) -> Any:
         self.nfe += 1
         out = self.text_model(
             inputs_embeds=embeds,
             position_ids=self.family.lm_position_ids(positions),
-            attention_mask=bias,
+            attention_mask=mask,
             past_key_values=self.cache,
-            use_cache=True,
+            use_cache=self.use_cache,
             **extra,
         )
         return out.last_hidden_state
+
+    def _recompute(
+        self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """No-cache pass: run [prefix | new] from scratch; the causal prefix never sees the new tokens."""
+        p, n = self.cache_len, embeds.shape[1]
+        new_tokens = Tokens.make(False, torch.arange(p, p + n), 0)
+        if mask is None:
+            mask = additive_mask(attention_allowed(new_tokens, Tokens.cached(p) + new_tokens), self.dtype)
+        prefix_rows = additive_mask(attention_allowed(Tokens.cached(p), Tokens.cached(p + n)), self.dtype)
+        full_mask = torch.cat([prefix_rows, mask], dim=2)  # [1, 1, p + n, p + n]
+        full_embeds = torch.cat([self.prefix.inputs_embeds, embeds], dim=1)
+        full_positions = torch.cat([self.prefix.position_ids, positions], dim=-1)
+        extra = dict(self.prefix.extra)
+        if "visual_pos_masks" in extra:  # DeepStack: vision positions lie in the prompt only
+            vision = extra["visual_pos_masks"]
+            extra["visual_pos_masks"] = torch.cat(
+                [vision, vision.new_zeros(1, p + n - vision.shape[1])], dim=1
+            )
+        hidden = self._run(full_embeds, full_positions, full_mask, extra)
+        self.prefix = LMInputs(full_embeds, full_positions, self.prefix.extra)
+        return hidden[:, p:]

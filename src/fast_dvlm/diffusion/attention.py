@@ -1,0 +1,81 @@
+"""Who may attend to whom: the one definition used by training and by every decoding pass.
+
+Every token carries three facts: its stream (clean = the committed sequence, noisy = a copy of a
+block with some tokens replaced by [MASK]), its position in the clean sequence, and its block id
+(blocks and prompt segments are numbered in sequence order). The mask is the union of three parts:
+
+- noisy -> noisy (N2N): same block only, both directions (a block is denoised jointly);
+- noisy -> clean (N2C): clean tokens of strictly earlier blocks (the context a block decodes from);
+- clean -> clean (C2C): token-level causal (Fast-dVLM: the KV cache equals an AR model's, and the AR
+  loss stays valid), or block-causal (Fast-dLLM v2);
+- clean -> noisy: never.
+
+Training slices nothing: it builds the full [noisy | clean] matrix. A decoding pass asks the same
+function with the cached tokens (clean, all in earlier blocks) and its new tokens as keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CACHED_BLOCK = -1  # block id of tokens already in the KV cache: earlier than anything being decoded
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Stream, position and block of a run of tokens, as parallel 1-D tensors."""
+
+    noisy: torch.Tensor  # bool [n]
+    pos: torch.Tensor  # long [n], index in the clean sequence
+    block: torch.Tensor  # long [n]
+
+    @staticmethod
+    def make(noisy: bool | torch.Tensor, pos: torch.Tensor, block: int | torch.Tensor) -> Tokens:
+        n = pos.shape[0]
+        noisy_t = torch.as_tensor(noisy, dtype=torch.bool).expand(n)
+        block_t = torch.as_tensor(block, dtype=torch.long).expand(n)
+        return Tokens(noisy_t, pos.long(), block_t)
+
+    @staticmethod
+    def cached(length: int) -> Tokens:
+        """The clean tokens held by a KV cache of `length` entries."""
+        return Tokens.make(False, torch.arange(length), CACHED_BLOCK)
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(
+            torch.cat([self.noisy, other.noisy]),
+            torch.cat([self.pos, other.pos]),
+            torch.cat([self.block, other.block]),
+        )
+
+    def __len__(self) -> int:
+        return self.pos.shape[0]
+
+
+def attention_allowed(query: Tokens, key: Tokens, clean_attention: str = "causal") -> torch.Tensor:
+    """Boolean `[n_query, n_key]`: True where the query token may attend to the key token."""
+    q_noisy, k_noisy = query.noisy[:, None], key.noisy[None, :]
+    q_block, k_block = query.block[:, None], key.block[None, :]
+    n2n = q_noisy & k_noisy & (q_block == k_block)
+    n2c = q_noisy & ~k_noisy & (k_block < q_block)
+    if clean_attention == "causal":
+        c2c_rule = key.pos[None, :] <= query.pos[:, None]
+    elif clean_attention == "block-causal":
+        c2c_rule = k_block <= q_block
+    else:
+        raise ValueError(f"unknown clean_attention {clean_attention!r}")
+    c2c = ~q_noisy & ~k_noisy & c2c_rule
+    return n2n | n2c | c2c
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`[1, 1, q, k]` float mask to add to attention scores: 0 where allowed, the dtype's minimum elsewhere.
+
+    Additive float, never boolean: transformers' eager attention adds the mask to the scores, so
+    a boolean one would be silently wrong there; the float form is right for every implementation.
+    """
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
