@@ -127,26 +127,27 @@ def test_accepted_length_on_toy_drafts():
 
 
 def test_unmask_on_a_toy_vocabulary():
-    """Threshold 0.6 over a 4-token vocabulary (id 3 = [MASK]); rows are shifted by one."""
+    """Threshold 0.6 over a 4-token vocabulary (id 3 = [MASK]); row r predicts position 1 + r."""
     options = DecodeOptions(8, frozenset(), mask_id=3, block_size=4, sub_block_size=4, threshold=0.6)
     decoder = BlockDiffusionDecoder(options)
-    block = torch.tensor([0, 3, 3, 3])
-    big, small = 4.0, 0.0
+    block, masked = torch.tensor([0, 3, 3, 3]), torch.tensor([False, True, True, True])
     logits = torch.tensor(
         [
-            [small, big, small, 9.0],  # predicts position 1: id 1 at p ~ 0.95 (the mask id is ignored)
+            [0.0, 4.0, 0.0, 9.0],  # position 1: id 1 at p ~ 0.95 (the mask id's logit is ignored)
             [0.2, 0.0, 0.1, 0.0],  # position 2: nearly uniform, p < 0.6 -> stays masked
-            [small, small, big, small],  # position 3: id 2 at p ~ 0.95
-            [big, small, small, small],  # predicts past the block: unused
+            [0.0, 0.0, 4.0, 0.0],  # position 3: id 2 at p ~ 0.95
         ]
     )
-    candidates = torch.tensor([False, True, True, True])
-    chosen = decoder.unmask(block, candidates, logits)
-    assert chosen.tolist() == [False, True, False, True]
+    decoder.unmask(block, masked, logits, first_position=1)
     assert block.tolist() == [0, 1, 3, 2]
-    # below the threshold everywhere: the single most confident candidate is still taken
-    block = torch.tensor([0, 3, 3, 3])
-    flat = torch.zeros(4, 4)
+    assert masked.tolist() == [False, False, True, False]
+    # below the threshold everywhere: the single most confident masked position is still taken
+    block, masked = torch.tensor([0, 3, 3, 3]), torch.tensor([False, True, True, True])
+    flat = torch.zeros(3, 4)
     flat[1, 0] = 0.5
-    assert decoder.unmask(block, candidates, flat).tolist() == [False, False, True, False]
-    assert block.tolist() == [0, 3, 0, 3]
+    decoder.unmask(block, masked, flat, first_position=1)
+    assert block.tolist() == [0, 3, 0, 3] and masked.tolist() == [False, True, False, True]
+    # a position already known is never overwritten, however confident the row
+    block, masked = torch.tensor([0, 2, 3, 3]), torch.tensor([False, False, True, True])
+    decoder.unmask(block, masked, logits, first_position=1)
+    assert block.tolist() == [0, 2, 3, 2]

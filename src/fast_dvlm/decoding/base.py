@@ -90,31 +90,36 @@ class Decoder(ABC):
         return additive_mask(attention_allowed(new, keys, self.options.clean_attention), session.dtype)
 
     def denoise_logits(
-        self, session: Session, block: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        session: Session,
+        block: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rows: slice = slice(None, -1),
     ) -> torch.Tensor:
         """Bidirectional pass of a (partly masked) block over the cache; its keys are not kept.
 
-        Returns `[B, V]` logits; with the token shift, row j predicts block position j + 1.
+        Returns the logits of `rows`; with the token shift, row j predicts block position j + 1
+        (the default skips the last row, which would predict past the block).
         """
         start = session.cache_len
         seq = torch.arange(start, start + block.shape[0])
         if mask is None:
             mask = self.block_mask(session, Tokens.make(True, seq, 0))
-        logits = session.forward(block, seq, mask)
+        logits = session.forward(block, seq, mask, rows)
         session.rollback(start)
         return logits
 
-    def causal_logits(self, session: Session, block: torch.Tensor) -> torch.Tensor:
+    def causal_logits(self, session: Session, block: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         """Causal pass of a fully decoded block; writes its keys to the cache as AR decoding would.
 
-        Returns `[B, V]` logits: row j is the AR prediction for the token after block position j.
+        Returns the logits of `rows`: row j is the AR prediction for the token after block position j.
         """
         start = session.cache_len
         seq = torch.arange(start, start + block.shape[0])
         mask = None  # transformers' own causal mask over [cache | block] is the C2C rule
         if self.options.clean_attention != "causal":
             mask = self.block_mask(session, Tokens.make(False, seq, 0))
-        return session.forward(block, seq, mask)
+        return session.forward(block, seq, mask, rows)
 
     def masked_block(self, seed: int) -> torch.Tensor:
         """`[seed, MASK x (B - 1)]`: what every block starts from."""

@@ -18,36 +18,45 @@ class BlockDiffusionDecoder(Decoder):
     name = "diffusion"
 
     def step(self, session: Session, budget: int) -> list[int]:
-        opts = self.options
+        size, sub = self.options.block_size, self.options.sub_block_size
         block = self.masked_block(session.tokens[-1])
-        masked = torch.ones(opts.block_size, dtype=torch.bool)  # tracked apart from ids: a seed may
-        masked[0] = False  # itself be the mask token's id when an unconverted model predicts it
+        # tracked apart from the ids: an unconverted model may predict the mask token's id as a seed
+        masked = torch.ones(size, dtype=torch.bool)
+        masked[0] = False
         start = session.cache_len
-        seq = torch.arange(start, start + opts.block_size)
+        seq = torch.arange(start, start + size)
         mask = self.block_mask(session, Tokens.make(True, seq, 0))  # the same for every pass of this block
-        for sub_start in range(0, opts.block_size, opts.sub_block_size):
-            in_sub = torch.zeros_like(masked)
-            in_sub[sub_start : sub_start + opts.sub_block_size] = True
-            while (masked & in_sub).any():
-                logits = self.denoise_logits(session, block, mask)
-                masked &= ~self.unmask(block, masked & in_sub, logits)
+        for first in range(0, size, sub):
+            last = min(first + sub, size)  # this sub-block is positions first .. last-1
+            while masked[first:last].any():
+                # only the rows that predict this sub-block: row j predicts position j + 1
+                rows = slice(max(first - 1, 0), last - 1)
+                logits = self.denoise_logits(session, block, mask, rows)
+                self.unmask(block, masked, logits, first_position=rows.start + 1)
                 done = self.finished_early(block, masked, budget)
                 if done is not None:
                     return done
-        next_seed = int(self.causal_logits(session, block)[-1].argmax())
+        next_seed = int(self.causal_logits(session, block, rows=slice(-1, None))[0].argmax())
         return block[1:].tolist() + [next_seed]
 
-    def unmask(self, block: torch.Tensor, candidates: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Fill the confident `candidates` of `block` in place from the shifted logits; return which."""
-        shifted = logits[:-1].clone()  # row j predicts position j + 1
-        shifted[:, self.options.mask_id] = float("-inf")  # never "unmask" into the mask token
-        confidence, prediction = shifted.softmax(-1).max(-1)
-        confidence = torch.where(candidates[1:], confidence, torch.tensor(-1.0))
-        chosen = confidence > self.options.threshold
+    def unmask(
+        self, block: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor, first_position: int
+    ) -> None:
+        """Fill, in place, the confident masked positions that `logits` predict.
+
+        Row r of `logits` predicts block position `first_position + r`. Positions whose confidence
+        exceeds τ are filled, and at least the most confident one; `masked` is updated to match.
+        """
+        span = slice(first_position, first_position + logits.shape[0])
+        candidates = masked[span]
+        logits = logits.clone()
+        logits[:, self.options.mask_id] = float("-inf")  # never "unmask" into the mask token
+        confidence, prediction = logits.softmax(-1).max(-1)
+        confidence = torch.where(candidates, confidence, torch.tensor(-1.0))
+        chosen = candidates & (confidence > self.options.threshold)
         chosen[confidence.argmax()] = True  # progress: at least the most confident one
-        chosen &= candidates[1:]
-        block[1:][chosen] = prediction[chosen]
-        return torch.cat([torch.zeros(1, dtype=torch.bool), chosen])
+        block[span][chosen] = prediction[chosen]
+        masked[span] &= ~chosen
 
     def finished_early(self, block: torch.Tensor, masked: torch.Tensor, budget: int) -> list[int] | None:
         """The tokens after the seed, if no more passes are needed: the first `budget` are known, or

@@ -57,13 +57,14 @@ class Session:
         token_ids: torch.Tensor,
         seq_index: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        logits_from: int = 0,
+        logits_rows: slice = slice(None),
     ) -> torch.Tensor:
         """Run `token_ids` ([n]) at sequence indices `seq_index` ([n]) on top of the cache.
 
         `attention_mask` ([1, 1, n, cache_len + n], additive float) says who sees whom; None means
         causal. Their keys and values are appended to the cache (roll back what is not kept).
-        Returns logits `[n - logits_from, V]` (skip the head where logits are not needed).
+        Returns the logits of `logits_rows` only: the output head is a large share of a pass, so
+        callers ask for the rows they read.
         """
         embeds = self.embed_tokens(token_ids)[None]  # [1, n, D]
         rows = self.family.position_rows
@@ -72,7 +73,7 @@ class Session:
             hidden = self._run(embeds, positions, attention_mask, {})
         else:
             hidden = self._recompute(embeds, positions, attention_mask)
-        return self.lm_head(hidden[0, logits_from:])
+        return self.lm_head(hidden[0, logits_rows])
 
     def rollback(self, keep: int) -> None:
         """Forget every cached position from `keep` on."""

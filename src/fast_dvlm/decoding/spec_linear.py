@@ -24,7 +24,7 @@ class SpecLinearDecoder(Decoder):
     def step(self, session: Session, budget: int) -> list[int]:
         start = session.cache_len
         draft = self.masked_block(session.tokens[-1])
-        draft[1:] = self.denoise_logits(session, draft)[:-1].argmax(-1)
+        draft[1:] = self.denoise_logits(session, draft).argmax(-1)
         ar = self.causal_logits(session, draft).argmax(-1)  # [B]; ar[i] follows draft[i]
         accepted = accepted_length(draft, ar)
         session.rollback(start + accepted + 1)  # keep the seed and the confirmed drafts

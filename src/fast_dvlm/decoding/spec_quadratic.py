@@ -34,7 +34,7 @@ class SpecQuadraticDecoder(Decoder):
         size = self.options.block_size
         if self.draft is None or int(self.draft[0]) != session.tokens[-1]:
             self.draft = self.masked_block(session.tokens[-1])
-            self.draft[1:] = self.denoise_logits(session, self.draft)[:-1].argmax(-1)
+            self.draft[1:] = self.denoise_logits(session, self.draft).argmax(-1)
         start = session.cache_len
         tokens, ids = self.layout(start, size)
         ids[:size] = self.draft

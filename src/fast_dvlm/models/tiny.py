@@ -25,14 +25,19 @@ def build_tiny_model(
     corpus: Iterable[str] | None = None,
     vocab_size: int = 512,
     seed: int = 0,
+    min_embedding_rows: int = 0,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """A random model of `family_name` with its tokenizer (mask token included) and processor."""
+    """A random model of `family_name` with its tokenizer (mask token included) and processor.
+
+    `min_embedding_rows` pads the embedding and output head beyond the tokenizer, e.g. to give a
+    benchmark model a head as wide as a real one (Qwen2.5: 151,936 rows).
+    """
     family = get_family(family_name)
     size = size or TinySize()
     tokenizer = train_bpe_tokenizer(
         family.special_tokens, corpus, vocab_size=vocab_size, chat_template=family.chat_template
     )
-    rows = -(-(len(tokenizer) + 1) // ROW_MULTIPLE) * ROW_MULTIPLE
+    rows = -(-max(len(tokenizer) + 1, min_embedding_rows) // ROW_MULTIPLE) * ROW_MULTIPLE
     config = family.tiny_config(tokenizer, size, rows)
     for part in (config, config.text_config, config.vision_config):
         part.initializer_range = size.init_std

@@ -1,0 +1,1 @@
+"""Benchmarks: speed of passes and of decoding modes, accuracy on the procedural tasks."""
