@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from fast_dvlm.diffusion.attention import Tokens, additive_mask, attention_allowed
+from fast_dvlm.diffusion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
 
 
 def spec_rule(q, k, clean_attention="causal"):
-    """SPEC §1.4 for one (query, key) pair, as plainly as it reads."""
-    (q_noisy, q_pos, q_blk), (k_noisy, k_pos, k_blk) = q, k
+    """SPEC §1.4 for one (query, key) pair, as plainly as it reads (stream 0 = clean, >0 = noisy copy)."""
+    (q_stream, q_pos, q_blk), (k_stream, k_pos, k_blk) = q, k
+    q_noisy, k_noisy = q_stream > 0, k_stream > 0
     if q_noisy and k_noisy:
-        return q_blk == k_blk
+        return q_stream == k_stream and q_blk == k_blk
     if q_noisy and not k_noisy:
         return k_blk < q_blk
     if not q_noisy and not k_noisy:
@@ -21,9 +22,9 @@ def spec_rule(q, k, clean_attention="causal"):
 
 def test_matches_the_written_rules_on_a_mixed_layout():
     # clean: prompt (block 0, 4 tokens), response blocks 1 and 2 (2 tokens each);
-    # noisy: copies of the response positions, same blocks
-    clean = [(False, p, 0) for p in range(4)] + [(False, 4, 1), (False, 5, 1), (False, 6, 2), (False, 7, 2)]
-    noisy = [(True, 4, 1), (True, 5, 1), (True, 6, 2), (True, 7, 2)]
+    # noisy: two copies (a complementary pair) of the response positions, same blocks
+    clean = [(0, p, 0) for p in range(4)] + [(0, 4, 1), (0, 5, 1), (0, 6, 2), (0, 7, 2)]
+    noisy = [(c, p, 1 + (p - 4) // 2) for c in (1, 2) for p in range(4, 8)]
     everything = noisy + clean
     tokens = Tokens(
         torch.tensor([t[0] for t in everything]),
@@ -37,10 +38,10 @@ def test_matches_the_written_rules_on_a_mixed_layout():
 
 
 def test_cached_tokens_are_context_for_everything_new():
-    new = Tokens.make(True, torch.arange(5, 8), 0)
+    new = Tokens.make(NOISY, torch.arange(5, 8), 0)
     allowed = attention_allowed(new, Tokens.cached(5) + new)
     assert allowed.all()  # a denoising block sees the whole cache and itself, both ways
-    clean_new = Tokens.make(False, torch.arange(5, 8), 0)
+    clean_new = Tokens.make(CLEAN, torch.arange(5, 8), 0)
     allowed = attention_allowed(clean_new, Tokens.cached(5) + clean_new)
     assert torch.equal(allowed[:, 5:], torch.tril(torch.ones(3, 3, dtype=torch.bool)))
 

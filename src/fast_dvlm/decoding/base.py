@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from ..diffusion.attention import Tokens, additive_mask, attention_allowed
+from ..diffusion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
 from ..errors import FastDVLMError
 from ..settings import validate_block_settings
 from .session import Session
@@ -104,7 +104,7 @@ class Decoder(ABC):
         start = session.cache_len
         seq = torch.arange(start, start + block.shape[0])
         if mask is None:
-            mask = self.block_mask(session, Tokens.make(True, seq, 0))
+            mask = self.block_mask(session, Tokens.make(NOISY, seq, 0))
         logits = session.forward(block, seq, mask, rows)
         session.rollback(start)
         return logits
@@ -118,7 +118,7 @@ class Decoder(ABC):
         seq = torch.arange(start, start + block.shape[0])
         mask = None  # transformers' own causal mask over [cache | block] is the C2C rule
         if self.options.clean_attention != "causal":
-            mask = self.block_mask(session, Tokens.make(False, seq, 0))
+            mask = self.block_mask(session, Tokens.make(CLEAN, seq, 0))
         return session.forward(block, seq, mask, rows)
 
     def masked_block(self, seed: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion.attention import Tokens
+from ..diffusion.attention import NOISY, Tokens
 from .base import Decoder
 from .session import Session
 
@@ -25,7 +25,7 @@ class BlockDiffusionDecoder(Decoder):
         masked[0] = False
         start = session.cache_len
         seq = torch.arange(start, start + size)
-        mask = self.block_mask(session, Tokens.make(True, seq, 0))  # the same for every pass of this block
+        mask = self.block_mask(session, Tokens.make(NOISY, seq, 0))  # the same for every pass of this block
         for first in range(0, size, sub):
             last = min(first + sub, size)  # this sub-block is positions first .. last-1
             while masked[first:last].any():

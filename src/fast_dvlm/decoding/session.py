@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..diffusion.attention import Tokens, additive_mask, attention_allowed
+from ..diffusion.attention import CLEAN, Tokens, additive_mask, attention_allowed
 from ..models.family import Family, LMInputs
 
 
@@ -107,7 +107,7 @@ class Session:
     ) -> torch.Tensor:
         """No-cache pass: run [prefix | new] from scratch; the causal prefix never sees the new tokens."""
         p, n = self.cache_len, embeds.shape[1]
-        new_tokens = Tokens.make(False, torch.arange(p, p + n), 0)
+        new_tokens = Tokens.make(CLEAN, torch.arange(p, p + n), 0)
         if mask is None:
             mask = additive_mask(attention_allowed(new_tokens, Tokens.cached(p) + new_tokens), self.dtype)
         prefix_rows = additive_mask(attention_allowed(Tokens.cached(p), Tokens.cached(p + n)), self.dtype)

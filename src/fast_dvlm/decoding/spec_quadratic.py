@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion.attention import Tokens
+from ..diffusion.attention import CLEAN, NOISY, Tokens
 from .base import Decoder
 from .session import Session
 from .spec_linear import accepted_length
@@ -50,10 +50,10 @@ class SpecQuadraticDecoder(Decoder):
     def layout(self, start: int, size: int) -> tuple[Tokens, torch.Tensor]:
         """Stream, position and block of the B^2 tokens of one pass, and their ids (masks filled)."""
         j = torch.arange(size)
-        drafts = Tokens.make(False, start + j, 2 * j)  # d_j: clean, its own unit
+        drafts = Tokens.make(CLEAN, start + j, 2 * j)  # d_j: clean, its own unit
         offsets = torch.arange(1, size)
         group_pos = (start + j[:, None] + offsets[None, :]).flatten()
         group_block = (2 * j + 1)[:, None].expand(size, size - 1).flatten()  # after d_j, before d_{j+1}
-        groups = Tokens.make(True, group_pos, group_block)
+        groups = Tokens.make(NOISY, group_pos, group_block)
         ids = torch.full((size * size,), self.options.mask_id, dtype=torch.long)
         return drafts + groups, ids

@@ -1,10 +1,11 @@
 """Who may attend to whom: the one definition used by training and by every decoding pass.
 
-Every token carries three facts: its stream (clean = the committed sequence, noisy = a copy of a
-block with some tokens replaced by [MASK]), its position in the clean sequence, and its block id
-(blocks and prompt segments are numbered in sequence order). The mask is the union of three parts:
+Every token carries three facts: its stream (0 = clean, the committed sequence; 1, 2, ... = noisy
+copies of it with some response tokens replaced by [MASK], e.g. a complementary pair), its position
+in the clean sequence, and its block id (blocks and prompt segments are numbered in sequence
+order). The mask is the union of three parts:
 
-- noisy -> noisy (N2N): same block only, both directions (a block is denoised jointly);
+- noisy -> noisy (N2N): same copy and same block only, both directions (a block is denoised jointly);
 - noisy -> clean (N2C): clean tokens of strictly earlier blocks (the context a block decodes from);
 - clean -> clean (C2C): token-level causal (Fast-dVLM: the KV cache equals an AR model's, and the AR
   loss stays valid), or block-causal (Fast-dLLM v2);
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+CLEAN, NOISY = 0, 1  # stream ids; further noisy copies are 2, 3, ...
 CACHED_BLOCK = -1  # block id of tokens already in the KV cache: earlier than anything being decoded
 
 
@@ -27,25 +29,25 @@ CACHED_BLOCK = -1  # block id of tokens already in the KV cache: earlier than an
 class Tokens:
     """Stream, position and block of a run of tokens, as parallel 1-D tensors."""
 
-    noisy: torch.Tensor  # bool [n]
+    stream: torch.Tensor  # long [n]: CLEAN, or the index of a noisy copy
     pos: torch.Tensor  # long [n], index in the clean sequence
     block: torch.Tensor  # long [n]
 
     @staticmethod
-    def make(noisy: bool | torch.Tensor, pos: torch.Tensor, block: int | torch.Tensor) -> Tokens:
+    def make(stream: int | torch.Tensor, pos: torch.Tensor, block: int | torch.Tensor) -> Tokens:
         n = pos.shape[0]
-        noisy_t = torch.as_tensor(noisy, dtype=torch.bool).expand(n)
+        stream_t = torch.as_tensor(stream, dtype=torch.long).expand(n)
         block_t = torch.as_tensor(block, dtype=torch.long).expand(n)
-        return Tokens(noisy_t, pos.long(), block_t)
+        return Tokens(stream_t, pos.long(), block_t)
 
     @staticmethod
     def cached(length: int) -> Tokens:
         """The clean tokens held by a KV cache of `length` entries."""
-        return Tokens.make(False, torch.arange(length), CACHED_BLOCK)
+        return Tokens.make(CLEAN, torch.arange(length), CACHED_BLOCK)
 
     def __add__(self, other: Tokens) -> Tokens:
         return Tokens(
-            torch.cat([self.noisy, other.noisy]),
+            torch.cat([self.stream, other.stream]),
             torch.cat([self.pos, other.pos]),
             torch.cat([self.block, other.block]),
         )
@@ -56,9 +58,9 @@ class Tokens:
 
 def attention_allowed(query: Tokens, key: Tokens, clean_attention: str = "causal") -> torch.Tensor:
     """Boolean `[n_query, n_key]`: True where the query token may attend to the key token."""
-    q_noisy, k_noisy = query.noisy[:, None], key.noisy[None, :]
+    q_noisy, k_noisy = (query.stream != CLEAN)[:, None], (key.stream != CLEAN)[None, :]
     q_block, k_block = query.block[:, None], key.block[None, :]
-    n2n = q_noisy & k_noisy & (q_block == k_block)
+    n2n = q_noisy & (query.stream[:, None] == key.stream[None, :]) & (q_block == k_block)
     n2c = q_noisy & ~k_noisy & (k_block < q_block)
     if clean_attention == "causal":
         c2c_rule = key.pos[None, :] <= query.pos[:, None]

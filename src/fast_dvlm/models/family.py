@@ -85,6 +85,26 @@ class Family(ABC):
         """Convert our `[R, B, n]` position ids into what the text model's forward expects."""
         return position_ids
 
+    def response_mask(self, input_ids: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+        """`[L]` True on assistant tokens: after each `<|im_start|>assistant\n` header, up to and including
+        the turn's `<|im_end|>` and the newline after it (the Qwen chat format all families here use)."""
+        header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        newline = tokenizer.encode("\n", add_special_tokens=False)
+        ids = input_ids.tolist()
+        mask = torch.zeros(len(ids), dtype=torch.bool)
+        for i in range(len(ids) - len(header) + 1):
+            if ids[i : i + len(header)] != header:
+                continue
+            start = stop = i + len(header)
+            while stop < len(ids) and ids[stop] != end:
+                stop += 1
+            stop += 1  # the <|im_end|> itself
+            if ids[stop : stop + len(newline)] == newline:
+                stop += len(newline)
+            mask[start : min(stop, len(ids))] = True
+        return mask
+
     def image_token_id(self, model: PreTrainedModel) -> int:
         return model.config.image_token_id
 

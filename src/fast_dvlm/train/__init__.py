@@ -1,0 +1,1 @@
+"""Conversion training: conversation data, the accelerate trainer, checkpoints."""
