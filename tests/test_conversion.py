@@ -44,7 +44,9 @@ def test_training_row_mask_equals_the_spec_element_by_element():
     # written out by hand: two noisy copies of the 8 response positions, then the 15 clean tokens
     response_pos = [5, 6, 7, 8, 9, 12, 13, 14]
     block_of = [0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 5, 6]
-    layout = [(c, p, block_of[p]) for c in (1, 2) for p in response_pos] + [(0, p, block_of[p]) for p in range(15)]
+    layout = [(c, p, block_of[p]) for c in (1, 2) for p in response_pos] + [
+        (0, p, block_of[p]) for p in range(15)
+    ]
     expected = torch.tensor([[spec_rule(q, k) for k in layout] for q in layout])
     assert torch.equal(attention_allowed(row.tokens, row.tokens), expected)
     # targets: masked token i predicted by the same copy's row for i - 1 (token shift)
@@ -88,7 +90,10 @@ def two_turn(tmp_path_factory) -> Conversation:
     drawn_image(4, (128, 128)).save(path)
     return Conversation(
         [Path(path)],
-        [("<image>\nWhat colour is the circle?", "The circle is red and the square is blue."), ("And the star?", "Green.")],
+        [
+            ("<image>\nWhat colour is the circle?", "The circle is red and the square is blue."),
+            ("And the star?", "Green."),
+        ],
     )
 
 
@@ -126,7 +131,9 @@ def test_training_logits_equal_decoder_block_logits(tiny_vlms, family_name, two_
     block_size, mask_id = 4, vlm.settings.mask_token_id
     recipe = Recipe(complementary_mask=False)
     with torch.no_grad():
-        _, hidden, batch = conversion_forward(vlm.model, vlm.family, [sample], recipe, block_size, [5], mask_id)
+        _, hidden, batch = conversion_forward(
+            vlm.model, vlm.family, [sample], recipe, block_size, [5], mask_id
+        )
         # the noisy copy's rows, in clean-sequence order of the response tokens
         response_pos = sample.response.nonzero().flatten()
         noisy_rows = hidden[0, : response_pos.shape[0]]
@@ -161,7 +168,9 @@ def test_layout_batch_pads_rows_of_different_lengths(tiny_vlms, two_turn):
     vlm = tiny_vlms["qwen2_5_vl"]
     long = render(vlm.processor, vlm.family, two_turn)
     short = render(vlm.processor, vlm.family, Conversation([], [("Hi", "Hello.")]))
-    batch, _ = layout_batch(vlm.model, vlm.family, [long, short], Recipe(), 4, [1, 2], vlm.settings.mask_token_id)
+    batch, _ = layout_batch(
+        vlm.model, vlm.family, [long, short], Recipe(), 4, [1, 2], vlm.settings.mask_token_id
+    )
     width = batch.embeds.shape[1]
     assert batch.attention_mask.shape == (2, 1, width, width)
     # padding queries see only themselves: every row of the mask has at least one allowed key

@@ -63,6 +63,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.model, max_new_tokens=args.max_new_tokens)
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .train.config import TrainConfig
+    from .train.trainer import convert
+
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    overrides["image_root"] = args.image_root
+    config = TrainConfig.from_yaml(args.config, **overrides)
+    convert(args.base, args.data, args.out, config, resume=not args.no_resume)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fast-dvlm",
@@ -81,6 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print the full result as one JSON object")
     add_decoding_args(gen)
     gen.set_defaults(run=cmd_generate)
+
+    conv = commands.add_parser(
+        "convert",
+        help="fine-tune an AR VLM into a block-diffusion VLM",
+        description="Convert an AR VLM with the Fast-dVLM recipe (direct conversion). Runs on one process, "
+        "or many with `accelerate launch -m fast_dvlm.cli convert ...`. Resumes from the last checkpoint "
+        "in --out unless --no-resume.",
+    )
+    conv.add_argument("--base", required=True, help="AR checkpoint directory (or tiny:FAMILY)")
+    conv.add_argument("--data", required=True, help="LLaVA-style JSON or JSONL conversations")
+    conv.add_argument("--out", required=True, help="output directory (checkpoints, log, final model)")
+    conv.add_argument("--config", default=None, help="YAML file of training settings (see TrainConfig)")
+    conv.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides the config)")
+    conv.add_argument("--batch-size", type=int, default=None, help="global batch size (overrides the config)")
+    conv.add_argument("--lr", type=float, default=None, help="learning rate (overrides the config)")
+    conv.add_argument("--seed", type=int, default=None, help="seed for data order and noise")
+    conv.add_argument(
+        "--image-root", default=None, help="folder image paths are relative to (default: data's)"
+    )
+    conv.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    conv.set_defaults(run=cmd_convert)
 
     demo = commands.add_parser(
         "demo", help="side-by-side run on fresh images", description="Decode fresh images with every mode."

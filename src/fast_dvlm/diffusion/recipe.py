@@ -26,18 +26,28 @@ class Recipe:
 
     def __post_init__(self) -> None:
         self.block_sizes = tuple(int(b) for b in self.block_sizes)
-        if not self.block_sizes or min(self.block_sizes) < 1 or list(self.block_sizes) != sorted(self.block_sizes):
-            raise FastDVLMError(f"block_sizes must be increasing positive sizes, got {list(self.block_sizes)}")
+        if (
+            not self.block_sizes
+            or min(self.block_sizes) < 1
+            or list(self.block_sizes) != sorted(self.block_sizes)
+        ):
+            raise FastDVLMError(
+                f"block_sizes must be increasing positive sizes, got {list(self.block_sizes)}"
+            )
         if self.alpha_diffusion < 0 or self.beta_ar < 0 or self.alpha_diffusion + self.beta_ar == 0:
             raise FastDVLMError("alpha_diffusion and beta_ar must be >= 0 and not both 0")
         if self.noisy_layout not in ("response", "text", "full"):
             raise FastDVLMError(f"noisy_layout must be response, text or full, got {self.noisy_layout!r}")
         if self.clean_attention not in ("causal", "block-causal"):
-            raise FastDVLMError(f"clean_attention must be causal or block-causal, got {self.clean_attention!r}")
+            raise FastDVLMError(
+                f"clean_attention must be causal or block-causal, got {self.clean_attention!r}"
+            )
         if not 0.0 < self.noise_eps < 1.0:
             raise FastDVLMError(f"noise_eps must be in (0, 1), got {self.noise_eps}")
         if self.two_stage and not 0.0 < self.stage1_fraction < 1.0:
-            raise FastDVLMError(f"stage1_fraction must be in (0, 1) with two_stage, got {self.stage1_fraction}")
+            raise FastDVLMError(
+                f"stage1_fraction must be in (0, 1) with two_stage, got {self.stage1_fraction}"
+            )
 
     @property
     def final_block_size(self) -> int:

@@ -128,17 +128,26 @@ class ConversationDataset(torch.utils.data.Dataset):
         if not path.is_file():
             raise FastDVLMError(f"data file not found: {path}")
         root = Path(image_root) if image_root is not None else path.parent
-        self.processor, self.family, self.max_length, self.text_only = processor, family, max_length, text_only
+        self.processor, self.family, self.max_length, self.text_only = (
+            processor,
+            family,
+            max_length,
+            text_only,
+        )
         self.skipped: Counter[str] = Counter()
         self.too_long: set[int] = set()
         self.conversations: list[Conversation] = []
-        for record in tqdm(read_records(path), desc=f"checking {path.name}", disable=not progress, leave=False):
+        for record in tqdm(
+            read_records(path), desc=f"checking {path.name}", disable=not progress, leave=False
+        ):
             try:
                 self.conversations.append(parse_record(record, root))
             except BadRecord as reason:
                 self.skipped[str(reason)] += 1
         if not self.conversations:
-            raise FastDVLMError(f"no usable records in {path} (skipped: {dict(self.skipped) or 'none found'})")
+            raise FastDVLMError(
+                f"no usable records in {path} (skipped: {dict(self.skipped) or 'none found'})"
+            )
 
     def __len__(self) -> int:
         return len(self.conversations)

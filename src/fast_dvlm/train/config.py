@@ -1,0 +1,77 @@
+"""Training settings: a dataclass, optionally read from YAML, validated before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..diffusion.recipe import Recipe
+from ..errors import FastDVLMError
+
+
+@dataclass
+class TrainConfig:
+    """How long and how hard to train. `batch_size` is global (split over processes), per micro-step."""
+
+    recipe: Recipe = field(default_factory=Recipe)
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"  # any transformers scheduler name: cosine, linear, constant, ...
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_length: int = 2048
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, otherwise fp32
+    image_root: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.recipe, dict):
+            self.recipe = Recipe(**_known(Recipe, self.recipe, "recipe"))
+        positive = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "max_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise FastDVLMError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise FastDVLMError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise FastDVLMError(f"warmup_steps ({self.warmup_steps}) must be in [0, steps={self.steps})")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise FastDVLMError(
+                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}"
+            )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, **overrides: Any) -> TrainConfig:
+        """Settings from a YAML file (if any), then command-line overrides that are not None."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FastDVLMError(f"config file not found: {path}")
+            try:
+                values = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise FastDVLMError(f"{path} is not valid YAML: {exc}") from None
+            if not isinstance(values, dict):
+                raise FastDVLMError(f"{path} must hold a mapping of settings")
+        values |= {k: v for k, v in overrides.items() if v is not None}
+        return cls(**_known(cls, values, "config"))
+
+
+def _known(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise FastDVLMError(
+            f"unknown {what} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    return values

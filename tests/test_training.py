@@ -1,0 +1,166 @@
+"""The trainer on real tiny models: output checkpoints, resume after a kill, 1 vs 2 processes, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForImageTextToText
+
+import fast_dvlm
+from fast_dvlm import FastDVLMError
+from fast_dvlm.train.config import TrainConfig
+from fast_dvlm.train.data import ConversationDataset
+from fast_dvlm.train.trainer import convert
+
+from .shapes_data import write_shapes_dataset
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def cli(*args: str, launcher: list[str] | None = None) -> list[str]:
+    return (launcher or [sys.executable, "-m"]) + ["fast_dvlm.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_vlms):
+    root = tmp_path_factory.mktemp("train")
+    data = write_shapes_dataset(root / "data", 48)
+    for name in ("qwen2_5_vl", "fast_vlm"):
+        tiny_vlms[name].save_pretrained(root / name)
+    return root, data
+
+
+def test_convert_writes_a_checkpoint_both_loaders_open(workdir):
+    root, data = workdir
+    for family in ("qwen2_5_vl", "fast_vlm"):
+        out = root / f"converted-{family}"
+        convert(root / family, data, out, TrainConfig(steps=3, batch_size=2, lr=1e-3), progress=False)
+        vlm = fast_dvlm.load(out)
+        assert vlm.settings.block_size == 32
+        assert vlm.settings.recipe["recipe"]["block_sizes"] == [2, 4, 8, 16, 32]
+        assert AutoModelForImageTextToText.from_pretrained(out).config.model_type == family
+        assert [r["step"] for r in read_log(out)] == [1, 2, 3]
+        answer = vlm.generate("What colour is the shape?", [data.parent / "img0.png"], "spec-linear", 8)
+        assert (
+            answer.token_ids
+            == vlm.generate("What colour is the shape?", [data.parent / "img0.png"], "ar", 8).token_ids
+        )
+
+
+def test_block_size_anneals_and_is_logged(workdir):
+    root, data = workdir
+    out = root / "anneal"
+    convert(root / "qwen2_5_vl", data, out, TrainConfig(steps=10, batch_size=2), progress=False)
+    sizes = [r["block_size"] for r in read_log(out)]
+    assert sizes == sorted(sizes) and sizes[0] == 2 and sizes[-1] == 32
+
+
+def test_two_stage_trains_text_only_first(workdir):
+    root, data = workdir
+    out = root / "two-stage"
+    config = TrainConfig(steps=4, batch_size=2, recipe={"two_stage": True, "stage1_fraction": 0.5})
+    convert(root / "qwen2_5_vl", data, out, config, progress=False)
+    assert [r["stage"] for r in read_log(out)] == [1, 1, 2, 2]
+
+
+def test_resume_after_kill_reproduces_the_losses(workdir):
+    root, data = workdir
+    args = ["convert", "--base", str(root / "qwen2_5_vl"), "--data", str(data), "--steps", "30",
+            "--batch-size", "2", "--lr", "1e-3"]  # fmt: skip
+    config = root / "ckpt.yaml"
+    config.write_text("checkpoint_every: 10\n")
+    whole, killed = root / "whole", root / "killed"
+    subprocess.run(cli(*args, "--out", str(whole), "--config", str(config)), check=True, capture_output=True)
+    run = subprocess.Popen(
+        cli(*args, "--out", str(killed), "--config", str(config)), stderr=subprocess.DEVNULL
+    )
+    log = killed / "train_log.jsonl"
+    while run.poll() is None and not (log.exists() and len(log.read_text().splitlines()) >= 15):
+        time.sleep(0.02)
+    run.kill()
+    run.wait()
+    assert len(read_log(killed)) < 30 and (killed / "checkpoints" / "step-10").is_dir()
+    subprocess.run(cli(*args, "--out", str(killed), "--config", str(config)), check=True, capture_output=True)
+    resumed, reference = read_log(killed), read_log(whole)
+    assert [r["step"] for r in resumed] == list(range(1, 31))
+    for a, b in zip(resumed, reference, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
+
+
+def test_two_processes_match_one(workdir):
+    root, data = workdir
+    args = ["convert", "--base", str(root / "qwen2_5_vl"), "--data", str(data), "--steps", "4",
+            "--batch-size", "4", "--lr", "1e-3"]  # fmt: skip
+    one, two = root / "one-process", root / "two-processes"
+    subprocess.run(cli(*args, "--out", str(one)), check=True, capture_output=True)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        cli(*args, "--out", str(two), launcher=launcher), capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for a, b in zip(read_log(one), read_log(two), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), a["step"]
+
+
+def test_diffusion_loss_falls(workdir):
+    root, data = workdir
+    out = root / "learning"
+    config = TrainConfig(steps=150, batch_size=8, lr=3e-3, warmup_steps=10, recipe={"block_sizes": [4]})
+    convert(root / "qwen2_5_vl", data, out, config, progress=False)
+    losses = [r["diffusion_loss"] for r in read_log(out)]
+    first, last = sum(losses[:15]) / 15, sum(losses[-15:]) / 15
+    assert last < 0.5 * first, (first, last)
+
+
+def test_broken_records_are_skipped_and_counted(tmp_path, tiny_vlms):
+    vlm = tiny_vlms["qwen2_5_vl"]
+    good = write_shapes_dataset(tmp_path, 2)
+    records = json.loads(good.read_text())
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not an image")
+    turn = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]
+    lines = [json.dumps(r) for r in records] + [
+        json.dumps({"image": "nowhere.png", "conversations": turn}),
+        json.dumps({"image": "corrupt.png", "conversations": turn}),
+        json.dumps({"conversations": []}),
+        json.dumps({"conversations": turn[::-1]}),
+        json.dumps({"conversations": [*turn, {"from": "human", "value": ""}, {"from": "gpt", "value": "x"}]}),
+        "{not json",
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines))
+    dataset = ConversationDataset(path, vlm.processor, vlm.family, progress=False)
+    assert len(dataset) == 2
+    assert dict(dataset.skipped) == {
+        "missing image file": 1,
+        "corrupt image": 1,
+        "empty conversation": 1,
+        "turns do not alternate human/gpt": 1,
+        "empty message": 1,
+        "invalid JSON on line 8": 1,
+    }
+    assert "skipped 6" in dataset.report()
+
+
+def test_bad_training_config_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 10\n")
+    with pytest.raises(FastDVLMError, match="unknown config setting.*stepz"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(FastDVLMError, match="unknown recipe setting"):
+        TrainConfig(recipe={"alpha": 1})
+    with pytest.raises(FastDVLMError, match="not both 0"):
+        TrainConfig(recipe={"alpha_diffusion": 0, "beta_ar": 0})
+    with pytest.raises(FastDVLMError, match="divisible"):
+        from fast_dvlm.train.trainer import Schedule
+
+        Schedule(TrainConfig(batch_size=3), 10, rank=0, world=2)
