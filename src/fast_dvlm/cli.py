@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import FastDVLMError
 
@@ -73,6 +74,31 @@ def cmd_convert(args: argparse.Namespace) -> None:
     convert(args.base, args.data, args.out, config, resume=not args.no_resume)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench.procedural import markdown, plot, report, run_bench, write_json
+    from .vlm import load
+
+    split = Path(args.split) if args.split else None
+    if split is None or not split.is_file():
+        raise FastDVLMError(
+            f"test split not found: {split} (make one with `fast-dvlm make-demo` or --split FILE)"
+        )
+    models = {"base": load(args.base), "converted": load(args.model)}
+    scores = run_bench(models, split, args.per_task, max_new_tokens=args.max_new_tokens)
+    result = report(scores, f"{args.model} (AR base: {args.base})")
+    print(markdown(result))
+    if args.json:
+        write_json(result, args.json)
+    if args.plot:
+        plot(result, args.plot)
+
+
+def cmd_make_demo(args: argparse.Namespace) -> None:
+    from .train.demo_recipe import make_demo
+
+    make_demo(args.workdir, export=not args.no_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fast-dvlm",
@@ -112,6 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     conv.set_defaults(run=cmd_convert)
+
+    bench = commands.add_parser(
+        "bench",
+        help="accuracy and speed of every mode on the procedural test split",
+        description="Decode the procedural test split with the AR base (transformers generate, ar) and the "
+        "converted model (ar, diffusion at tau 0.9/0.7/0.5, spec-linear, spec-quadratic), all in one run.",
+    )
+    bench.add_argument("--model", default="demo", help="converted model (default: demo)")
+    bench.add_argument("--base", default="demo-ar", help="its AR base (default: demo-ar)")
+    bench.add_argument("--split", default=None, help="test split JSON written by fast_dvlm.data.build")
+    bench.add_argument("--per-task", type=int, default=None, help="items per task (default: all)")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--json", default=None, help="write the full results as JSON")
+    bench.add_argument("--plot", default=None, help="write accuracy-vs-speed and tokens-per-step plots (PNG)")
+    bench.set_defaults(run=cmd_bench)
+
+    make = commands.add_parser(
+        "make-demo",
+        help="build the demo models from scratch (data, tokenizer, AR training, conversion)",
+        description="The demo recipe: procedural data, offline tokenizer, AR training from scratch, direct "
+        "conversion, fp16 export to the package assets. Resumable: rerun the same command after a stop.",
+    )
+    make.add_argument("--workdir", default="runs/demo", help="where data, logs and checkpoints go")
+    make.add_argument("--no-export", action="store_true", help="do not overwrite the shipped assets")
+    make.set_defaults(run=cmd_make_demo)
 
     demo = commands.add_parser(
         "demo", help="side-by-side run on fresh images", description="Decode fresh images with every mode."

@@ -71,13 +71,14 @@ def build_row(
     tokens = token_parts[0]
     for part in token_parts[1:]:
         tokens = tokens + part
+    nothing = torch.zeros(0, dtype=torch.long)
     return Row(
         embeds=torch.cat(parts),
         positions=torch.cat(pos_parts, dim=1),
         tokens=tokens,
         vision=torch.cat([torch.zeros(offset, dtype=torch.bool), vision]),
-        diff_pred=torch.cat(diff_pred),
-        diff_target=torch.cat(diff_target),
+        diff_pred=torch.cat([nothing, *diff_pred]),
+        diff_target=torch.cat([nothing, *diff_target]),
         ar_pred=offset + answered - 1,
         ar_target=input_ids[answered],
         n_maskable=int(sum(int(m.sum()) for m in noise)),

@@ -47,14 +47,16 @@ def layout_batch(
         inputs = family.embed(model, sample.batch)
         ids, response = sample.input_ids, sample.response
         blocks, block_start = block_layout(response, block_size)
-        noise = noise_masks(
-            response & ~block_start,
-            blocks,
-            torch.Generator().manual_seed(seed),
-            recipe.noise_eps,
-            recipe.complementary_mask,
-            (ids == end_token) if recipe.always_mask_eos else None,
-        )
+        noise = []  # with no diffusion loss (plain AR training) the noisy copies would be dead weight
+        if recipe.alpha_diffusion > 0:
+            noise = noise_masks(
+                response & ~block_start,
+                blocks,
+                torch.Generator().manual_seed(seed),
+                recipe.noise_eps,
+                recipe.complementary_mask,
+                (ids == end_token) if recipe.always_mask_eos else None,
+            )
         rows.append(
             build_row(
                 inputs.inputs_embeds[0],

@@ -1,0 +1,176 @@
+"""`fast-dvlm bench`: accuracy and speed of every decoding mode on the procedural test split, in one run.
+
+The AR base is decoded with transformers' `generate` (the reference speed) and with our `ar`; the
+converted model with `ar`, `diffusion` at three thresholds and both self-speculative modes. Items
+are interleaved across modes, so machine noise hits every mode alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..data import TASKS, get_task
+from ..eval.accuracy import Item, TaskScore, read_items
+from ..vlm import DiffusionVLM, GenerationOutput
+
+
+@dataclass(frozen=True)
+class BenchMode:
+    label: str
+    model: str  # "base" (the AR model) or "converted"
+    mode: str  # a decoding mode, or "hf-generate"
+    settings: dict = field(default_factory=dict)
+
+
+BENCH_MODES = (
+    BenchMode("hf-generate", "base", "hf-generate"),
+    BenchMode("base-ar", "base", "ar"),
+    BenchMode("ar", "converted", "ar"),
+    BenchMode("diffusion-t0.9", "converted", "diffusion", {"threshold": 0.9}),
+    BenchMode("diffusion-t0.7", "converted", "diffusion", {"threshold": 0.7}),
+    BenchMode("diffusion-t0.5", "converted", "diffusion", {"threshold": 0.5}),
+    BenchMode("spec-linear", "converted", "spec-linear"),
+    BenchMode("spec-quadratic", "converted", "spec-quadratic", {"block_size": 8}),
+)
+
+
+def answer(vlm: DiffusionVLM, spec: BenchMode, item: Item, max_new_tokens: int) -> GenerationOutput:
+    if spec.mode == "hf-generate":
+        return vlm.hf_generate(item.question, [item.image], max_new_tokens)
+    return vlm.generate(item.question, [item.image], spec.mode, max_new_tokens, **spec.settings)
+
+
+def run_bench(
+    models: dict[str, DiffusionVLM],
+    split_file: str | Path,
+    per_task: int | None = None,
+    modes: tuple[BenchMode, ...] = BENCH_MODES,
+    max_new_tokens: int = 128,
+    progress: bool = True,
+) -> dict[str, dict[str, TaskScore]]:
+    """`{mode label: {task: TaskScore}}` over the split's first `per_task` items of each task."""
+    items = read_items(split_file, per_task)
+    scores: dict[str, dict[str, TaskScore]] = {m.label: defaultdict(TaskScore) for m in modes}
+    for item in tqdm(items, desc="bench", disable=not progress):
+        for spec in modes:
+            out = answer(models[spec.model], spec, item, max_new_tokens)
+            scores[spec.label][item.task].add(out, get_task(item.task).score(out.text, item.key))
+    return {label: dict(per_task_scores) for label, per_task_scores in scores.items()}
+
+
+def combine(scores: dict[str, TaskScore], tasks: list[str]) -> TaskScore:
+    total = TaskScore()
+    for task in tasks:
+        s = scores[task]
+        total.correct, total.total = total.correct + s.correct, total.total + s.total
+        total.tokens, total.nfe, total.seconds = (
+            total.tokens + s.tokens,
+            total.nfe + s.nfe,
+            total.seconds + s.seconds,
+        )
+        total.accepted += s.accepted
+    return total
+
+
+def report(scores: dict[str, dict[str, TaskScore]], model_name: str) -> dict:
+    """The JSON of `fast-dvlm bench --json`: per mode, per task, and the short/long-answer groups.
+
+    Accuracy averages are over tasks (each task counts once); speeds pool all tokens and seconds.
+    """
+    tasks = [t for t in TASKS if t in next(iter(scores.values()))]
+    short = [t for t in tasks if not get_task(t).long_answer]
+    long = [t for t in tasks if get_task(t).long_answer]
+    reference = combine(scores["hf-generate"], tasks).summary()["tokens_per_s"]
+
+    def figures(score: TaskScore, ref_rate: float, accuracy: float | None = None) -> dict:
+        s = score.summary()
+        return {
+            "accuracy": s["accuracy"] if accuracy is None else accuracy,
+            "tokens_per_nfe": s["tokens_per_nfe"],
+            "tokens_per_s": s["tokens_per_s"],
+            "speedup_vs_hf_generate": s["tokens_per_s"] / ref_rate,
+        }
+
+    def task_mean(label: str, group: list[str]) -> float:
+        return sum(scores[label][t].summary()["accuracy"] for t in group) / max(len(group), 1)
+
+    out: dict = {"model": model_name, "modes": {}, "groups": {}, "tasks": {}}
+    for label, per_task in scores.items():
+        out["modes"][label] = figures(combine(per_task, tasks), reference, task_mean(label, tasks))
+        for group_name, group in (("short", short), ("long", long)):
+            if group:
+                group_ref = combine(scores["hf-generate"], group).summary()["tokens_per_s"]
+                out["groups"].setdefault(group_name, {})[label] = figures(
+                    combine(per_task, group), group_ref, task_mean(label, group)
+                )
+        for task in tasks:
+            task_ref = scores["hf-generate"][task].summary()["tokens_per_s"]
+            out["tasks"].setdefault(task, {})[label] = figures(per_task[task], task_ref)
+    out["hf_generate"] = out["modes"]["hf-generate"]
+    out["accepted_per_step"] = {
+        label: combine(per_task, tasks).accepted for label, per_task in scores.items()
+    }
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"### `fast-dvlm bench` on {result['model']}", ""]
+    header = ("mode", "accuracy (avg of tasks)", "short-answer acc.", "long-answer acc.", "tokens/NFE short",
+              "tokens/NFE long", "tokens/s", "vs hf generate")  # fmt: skip
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for label, m in result["modes"].items():
+        short, long = (
+            result["groups"].get("short", {}).get(label, {}),
+            result["groups"].get("long", {}).get(label, {}),
+        )
+        lines.append(
+            f"| {label} | {m['accuracy']:.1f} | {short.get('accuracy', float('nan')):.1f} | "
+            f"{long.get('accuracy', float('nan')):.1f} | {short.get('tokens_per_nfe', float('nan')):.2f} | "
+            f"{long.get('tokens_per_nfe', float('nan')):.2f} | {m['tokens_per_s']:.0f} | "
+            f"{m['speedup_vs_hf_generate']:.2f}x |"
+        )
+    lines += ["", "Per task (accuracy % / tokens per NFE / speed-up vs hf generate):", ""]
+    labels = list(result["modes"])
+    lines += ["| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for task, per_mode in result["tasks"].items():
+        cells = [
+            f"{per_mode[m]['accuracy']:.0f} / {per_mode[m]['tokens_per_nfe']:.2f} / "
+            f"{per_mode[m]['speedup_vs_hf_generate']:.1f}x"
+            for m in labels
+        ]
+        lines.append(f"| {task} ({get_task(task).benchmark}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str | Path) -> None:
+    """Accuracy vs tokens/s per mode, and the distribution of tokens committed per decoding step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, m in result["modes"].items():
+        left.scatter(m["tokens_per_s"], m["accuracy"], s=40)
+        left.annotate(
+            label, (m["tokens_per_s"], m["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
+    left.set(xlabel="tokens/s (all tasks)", ylabel="accuracy, mean over tasks (%)", title="Accuracy vs speed")
+    for label, accepted in result["accepted_per_step"].items():
+        if accepted and max(accepted) > 1:
+            right.hist(accepted, bins=range(1, max(accepted) + 2), histtype="step", label=label, density=True)
+    right.set(
+        xlabel="tokens committed per decoding step", ylabel="share of steps", title="Tokens accepted per step"
+    )
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=1))

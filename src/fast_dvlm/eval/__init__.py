@@ -1,0 +1,1 @@
+"""Accuracy on the procedural test split (and, through a plugin, on real benchmarks with lmms-eval)."""

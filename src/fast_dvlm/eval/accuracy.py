@@ -1,0 +1,76 @@
+"""Answer a split's questions with one decoding mode and score them with each task's own scorer."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..data import get_task
+from ..vlm import GenerationOutput
+
+
+@dataclass
+class Item:
+    task: str
+    question: str
+    key: str
+    image: Path
+
+
+@dataclass
+class TaskScore:
+    correct: int = 0
+    total: int = 0
+    tokens: int = 0
+    nfe: int = 0
+    seconds: float = 0.0
+    accepted: list[int] = field(default_factory=list)  # tokens committed per decoding step
+
+    def add(self, out: GenerationOutput, right: bool) -> None:
+        self.correct += int(right)
+        self.total += 1
+        self.tokens += len(out.token_ids)
+        self.nfe += out.nfe
+        self.seconds += out.seconds
+        self.accepted += [step.tokens for step in out.trace]
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "accuracy": 100.0 * self.correct / max(self.total, 1),
+            "tokens_per_nfe": self.tokens / max(self.nfe, 1),
+            "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
+            "items": self.total,
+        }
+
+
+def read_items(split_file: str | Path, per_task: int | None = None) -> list[Item]:
+    """The first question of each record of a split written by `fast_dvlm.data.build`."""
+    split_file = Path(split_file)
+    items, counts = [], defaultdict(int)
+    for record in json.loads(split_file.read_text()):
+        task = record["task"]
+        if per_task is not None and counts[task] >= per_task:
+            continue
+        counts[task] += 1
+        question = record["conversations"][0]["value"].replace("<image>\n", "")
+        items.append(Item(task, question, record["key"], split_file.parent / record["image"]))
+    return items
+
+
+def score_answers(
+    items: list[Item],
+    answer: Callable[[Item], GenerationOutput],
+    desc: str = "scoring",
+    progress: bool = True,
+) -> dict[str, TaskScore]:
+    """Run `answer` on every item; per-task scores and costs."""
+    scores: dict[str, TaskScore] = defaultdict(TaskScore)
+    for item in tqdm(items, desc=desc, disable=not progress, leave=False):
+        out = answer(item)
+        scores[item.task].add(out, get_task(item.task).score(out.text, item.key))
+    return dict(scores)

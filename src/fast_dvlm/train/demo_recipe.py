@@ -1,0 +1,124 @@
+"""The demo model's recipe: procedural data, an offline tokenizer, AR training from scratch, conversion.
+
+    fast-dvlm make-demo --workdir runs/demo
+
+Every stage writes into the work directory and is skipped when its output exists, and training
+resumes from its checkpoints, so a killed run continues where it stopped. The last stage exports
+both checkpoints in fp16 to the package's assets (`fast_dvlm.load("demo")` / `"demo-ar"`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.build import build_splits
+from ..models.family import TinySize
+from ..models.tiny import build_tiny_model
+from ..vlm import DiffusionVLM
+from .config import TrainConfig
+from .trainer import convert
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass
+class DemoRecipe:
+    image_size: int = 112  # 4x4 = 16 visual tokens after Qwen2.5-VL's 2x2 merge
+    train_per_task: int = 3000
+    eval_per_task: int = 60
+    vocab_size: int = 1024
+    size: TinySize = field(
+        default_factory=lambda: TinySize(
+            hidden_size=192,
+            num_layers=4,
+            num_heads=6,
+            num_kv_heads=2,
+            intermediate_size=576,
+            vision_hidden_size=128,
+            vision_layers=4,
+            image_size=112,
+            max_position_embeddings=1024,
+        )
+    )
+    batch_size: int = 32
+    ar_steps: int = 2500
+    ar_lr: float = 2e-3
+    convert_steps: int = 1200
+    convert_lr: float = 5e-4
+    seed: int = 0
+
+
+def tokenizer_corpus(train_file: Path) -> list[str]:
+    """Every question and answer of the training split, plus the chat template's own words."""
+    texts = ["You are a helpful assistant.", "system", "user", "assistant"]
+    for record in json.loads(train_file.read_text()):
+        texts += [turn["value"].replace("<image>\n", "") for turn in record["conversations"]]
+    return texts
+
+
+def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: bool = True) -> dict[str, Path]:
+    recipe = recipe or DemoRecipe()
+    workdir = Path(workdir)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    data = workdir / "data"
+    if not (data / "train.json").exists():
+        per_task = {"train": recipe.train_per_task, "val": recipe.eval_per_task, "test": recipe.eval_per_task}
+        build_splits(data, per_task, recipe.image_size)
+    timings["data_s"] = time.perf_counter() - started
+
+    init = workdir / "init"
+    if not (init / "config.json").exists():
+        model, processor = build_tiny_model(
+            "qwen2_5_vl", recipe.size, tokenizer_corpus(data / "train.json"), recipe.vocab_size, recipe.seed
+        )
+        DiffusionVLM(model, processor).save_pretrained(init)
+
+    mark = time.perf_counter()
+    ar = workdir / "ar"
+    if not (ar / "model.safetensors").exists():
+        config = TrainConfig(
+            steps=recipe.ar_steps,
+            batch_size=recipe.batch_size,
+            lr=recipe.ar_lr,
+            warmup_steps=100,
+            weight_decay=0.01,
+            checkpoint_every=250,
+            seed=recipe.seed,
+            recipe={"alpha_diffusion": 0.0, "beta_ar": 1.0, "anneal_block_size": False},
+        )
+        convert(init, data / "train.json", ar, config)
+    timings["ar_training_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    converted = workdir / "converted"
+    if not (converted / "model.safetensors").exists():
+        config = TrainConfig(
+            steps=recipe.convert_steps,
+            batch_size=recipe.batch_size,
+            lr=recipe.convert_lr,
+            warmup_steps=50,
+            weight_decay=0.01,
+            checkpoint_every=200,
+            seed=recipe.seed + 1,
+        )
+        convert(ar, data / "train.json", converted, config)
+    timings["conversion_s"] = time.perf_counter() - mark
+    (workdir / "recipe.json").write_text(json.dumps(asdict(recipe) | {"timings": timings}, indent=1))
+
+    if export:
+        for source, name in ((ar, "demo-ar"), (converted, "demo")):
+            export_fp16(source, ASSETS / name)
+    return {"data": data, "ar": ar, "converted": converted}
+
+
+def export_fp16(source: Path, target: Path) -> None:
+    """Store a checkpoint in fp16 (half the bytes); it loads back into fp32 for CPU inference."""
+    vlm = DiffusionVLM.from_pretrained(source)
+    vlm.model.to(torch.float16)
+    vlm.save_pretrained(target)
