@@ -37,7 +37,7 @@ class Receipt(NumberTask):
 class SignWord(VocabularyTask):
     """TextVQA: read the word written on a sign."""
 
-    name, benchmark, vocabulary = "sign", "TextVQA", WORDS
+    name, benchmark, vocabulary = "sign", "TextVQA", WORDS + tuple(COLOURS)
 
     def make(self, rng: random.Random, split: str = "train") -> Example:
         image, draw = canvas(rng)

@@ -112,9 +112,49 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe) | {"timings": timings}, indent=1))
 
     if export:
-        for source, name in ((ar, "demo-ar"), (converted, "demo")):
+        for source, name, mode in ((ar, "demo-ar", "ar"), (converted, "demo", "spec-linear")):
             export_fp16(source, ASSETS / name)
+            write_model_card(ASSETS / name, name, mode, recipe, timings, data / "test.json")
     return {"data": data, "ar": ar, "converted": converted}
+
+
+def write_model_card(
+    folder: Path, name: str, mode: str, recipe: DemoRecipe, timings: dict, test: Path
+) -> None:
+    """A README next to the weights: how it was made, on what, in how long, and how well it does."""
+    from ..eval.accuracy import read_items, score_answers
+
+    vlm = DiffusionVLM.from_pretrained(folder)
+    items = read_items(test)
+    scores = score_answers(
+        items, lambda item: vlm.generate(item.question, [item.image], mode, 128), desc=name
+    )
+    rows = "\n".join(f"| {task} | {s.summary()['accuracy']:.1f} | {s.total} |" for task, s in scores.items())
+    mean = sum(s.summary()["accuracy"] for s in scores.values()) / len(scores)
+    params = sum(p.numel() for p in vlm.model.parameters())
+    stage = "AR base, trained from scratch" if name == "demo-ar" else "converted with the direct recipe"
+    hours = {k: f"{v / 60:.1f} min" for k, v in timings.items()}
+    (folder / "README.md").write_text(
+        f"""# fast-dvlm {name}: tiny Qwen2.5-VL-architecture VLM ({stage})
+
+Made by `fast-dvlm make-demo --workdir runs/demo` (recipe: `fast_dvlm.train.demo_recipe.DemoRecipe`).
+
+- {params / 1e6:.1f}M parameters, stored in fp16; {recipe.image_size}-pixel square images
+- data: the 11 procedural tasks of `fast_dvlm.data`, {recipe.train_per_task} training images per task
+  (some with 2-3 questions), {recipe.eval_per_task} validation and {recipe.eval_per_task} test images per task
+- AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr};
+  conversion: {recipe.convert_steps} steps of batch {recipe.batch_size}, lr {recipe.convert_lr}
+- time on 2 CPU cores: {hours}
+
+Test-split accuracy with `{mode}` decoding (mean over tasks: {mean:.1f}%):
+
+| task | accuracy % | items |
+|---|---|---|
+{rows}
+
+Speed and every other mode: `fast-dvlm bench` (see the project README).
+"""
+    )
 
 
 def export_fp16(source: Path, target: Path) -> None:
