@@ -29,7 +29,9 @@ def test_reference_answers_score_right_and_others_wrong(task):
         for qa in example.qas:
             assert scorer.score(qa.answer, qa.key), (qa.answer, qa.key)
             assert not scorer.score("I do not know.", qa.key)
-        other = rng.choice([qa for e in [TASKS[task].make(random.Random(f"o/{index}"), "test")] for qa in e.qas])
+        other = rng.choice(
+            [qa for e in [TASKS[task].make(random.Random(f"o/{index}"), "test")] for qa in e.qas]
+        )
         if other.key != example.qas[0].key:
             assert not scorer.score(other.answer, example.qas[0].key)
 

@@ -43,8 +43,8 @@ def layout_batch(
     image_token = family.image_token_id(model)
     end_token = end_token_id(model)
     rows, extras = [], []
-    for sample, seed in zip(samples, seeds, strict=True):
-        inputs = family.embed(model, sample.batch)
+    embedded = family.embed_many(model, [sample.batch for sample in samples])
+    for sample, seed, inputs in zip(samples, seeds, embedded, strict=True):
         ids, response = sample.input_ids, sample.response
         blocks, block_start = block_layout(response, block_size)
         noise = []  # with no diffusion loss (plain AR training) the noisy copies would be dead weight

@@ -61,6 +61,10 @@ class Family(ABC):
     def embed(self, model: PreTrainedModel, batch: BatchFeature) -> LMInputs:
         """Turn processor output into embeddings (vision merged in) and position ids."""
 
+    def embed_many(self, model: PreTrainedModel, batches: list[BatchFeature]) -> list[LMInputs]:
+        """`embed` for several samples of different lengths (training); families may batch the vision tower."""
+        return [self.embed(model, batch) for batch in batches]
+
     @abstractmethod
     def tiny_config(self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int) -> Any:
         """A hand-written config of this family's real architecture, at tiny size."""

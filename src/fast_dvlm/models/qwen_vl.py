@@ -106,14 +106,37 @@ class QwenVLFamily(Family):
     video_processor_class: ClassVar[type] = Qwen2VLVideoProcessor
 
     def embed(self, model: PreTrainedModel, batch: BatchFeature) -> LMInputs:
+        return self.embed_many(model, [batch])[0]
+
+    def embed_many(self, model: PreTrainedModel, batches: list[BatchFeature]) -> list[LMInputs]:
+        """One vision-tower call for every image of every sample (it attends within each image only)."""
+        with_images = [b for b in batches if b.get("pixel_values") is not None]
+        per_image: list[list[torch.Tensor]] = []  # [image][0: features, 1..: DeepStack features per layer]
+        if with_images:
+            vision = model.model.get_image_features(
+                torch.cat([b["pixel_values"] for b in with_images]),
+                torch.cat([b["image_grid_thw"] for b in with_images]),
+                return_dict=True,
+            )
+            deepstack = getattr(vision, "deepstack_features", None) or []
+            per_image = [list(parts) for parts in zip(vision.pooler_output, *deepstack, strict=True)]
+        out, taken = [], 0
+        for batch in batches:
+            images = 0 if batch.get("pixel_values") is None else batch["image_grid_thw"].shape[0]
+            out.append(self._embed_with(model, batch, per_image[taken : taken + images]))
+            taken += images
+        return out
+
+    def _embed_with(
+        self, model: PreTrainedModel, batch: BatchFeature, images: list[list[torch.Tensor]]
+    ) -> LMInputs:
         input_ids = batch["input_ids"]
         extra: dict[str, Any] = {}
-        if batch.get("pixel_values") is not None:
-            vision = model.model.get_image_features(
-                batch["pixel_values"], batch["image_grid_thw"], return_dict=True
-            )
-            embeds, is_image = self.merge_image_features(model, input_ids, torch.cat(vision.pooler_output))
-            extra = self.vision_extra(vision, is_image)
+        if images:
+            features = torch.cat([parts[0] for parts in images])
+            embeds, is_image = self.merge_image_features(model, input_ids, features)
+            layers = [torch.cat([parts[k] for parts in images]) for k in range(1, len(images[0]))]
+            extra = self.vision_extra(layers, is_image)
         else:
             embeds = model.get_input_embeddings()(input_ids)
         position_ids, _ = model.model.get_rope_index(
@@ -124,7 +147,7 @@ class QwenVLFamily(Family):
         )
         return LMInputs(embeds, position_ids, extra)
 
-    def vision_extra(self, vision: Any, is_image: torch.Tensor) -> dict[str, Any]:
+    def vision_extra(self, deepstack: list[torch.Tensor], is_image: torch.Tensor) -> dict[str, Any]:
         """Text-model kwargs beyond the embeddings that carry vision information (none here)."""
         return {}
 
@@ -210,8 +233,7 @@ class Qwen3VLFamily(QwenVLFamily):
     def model_class(self) -> type[PreTrainedModel]:
         return Qwen3VLForConditionalGeneration
 
-    def vision_extra(self, vision: Any, is_image: torch.Tensor) -> dict[str, Any]:
-        deepstack = [torch.cat(per_layer) for per_layer in vision.deepstack_features]
+    def vision_extra(self, deepstack: list[torch.Tensor], is_image: torch.Tensor) -> dict[str, Any]:
         return {"visual_pos_masks": is_image, "deepstack_visual_embeds": deepstack}
 
     def tiny_config(

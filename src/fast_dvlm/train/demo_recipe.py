@@ -46,9 +46,9 @@ class DemoRecipe:
         )
     )
     batch_size: int = 32
-    ar_steps: int = 2500
+    ar_steps: int = 3500
     ar_lr: float = 2e-3
-    convert_steps: int = 1200
+    convert_steps: int = 1000
     convert_lr: float = 5e-4
     seed: int = 0
 

@@ -174,7 +174,7 @@ def convert(
         out.mkdir(parents=True, exist_ok=True)
         print(datasets[2].report())
 
-    bar = tqdm(total=config.steps, initial=start, desc="converting", disable=not (progress and main))
+    bar = tqdm(total=config.steps, initial=start, desc="training", disable=not (progress and main))
     for step in range(start, config.steps):
         began = time.perf_counter()
         stage, _ = schedule.stage(step)
