@@ -62,7 +62,7 @@ class Family(ABC):
         """Turn processor output into embeddings (vision merged in) and position ids."""
 
     def embed_many(self, model: PreTrainedModel, batches: list[BatchFeature]) -> list[LMInputs]:
-        """`embed` for several samples of different lengths (training); families may batch the vision tower."""
+        """`embed` for several samples of different lengths; a family may batch its vision tower."""
         return [self.embed(model, batch) for batch in batches]
 
     @abstractmethod
