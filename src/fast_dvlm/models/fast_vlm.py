@@ -18,28 +18,11 @@ from transformers import (
 )
 
 from ..errors import FastDVLMError
+from .chat_template import qwen_chat_template
 from .family import Family, LMInputs, TinySize
 
 IMAGE_TOKEN = "<image>"
 STRIDE = 64  # FastViTHD's total downsampling: one visual token per 64x64 pixels
-
-# Qwen2 chat format, each image part rendered as `<image>\n` (the processor expands it to the
-# image's number of visual tokens).
-FAST_VLM_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def tiny_fastvit_args(size: TinySize) -> dict[str, Any]:
@@ -61,7 +44,7 @@ class FastVlmFamily(Family):
     name = "fast_vlm"
     image_token = IMAGE_TOKEN
     special_tokens = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN)
-    chat_template = FAST_VLM_CHAT_TEMPLATE
+    chat_template = qwen_chat_template("<image>\n")
     position_rows = 1
 
     @property

@@ -23,26 +23,8 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
+from .chat_template import qwen_chat_template
 from .family import Family, LMInputs, TinySize
-
-# Our own template in the Qwen chat format: a default system turn, `<|im_start|>role\n...<|im_end|>\n`
-# turns, and each image part rendered as `<|vision_start|><|image_pad|><|vision_end|>` (the
-# processor expands the pad token to the image's number of visual tokens).
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -99,10 +81,11 @@ class QwenVLFamily(Family):
 
     image_token = "<|image_pad|>"
     special_tokens = QWEN_SPECIAL_TOKENS
-    chat_template = QWEN_CHAT_TEMPLATE
+    chat_template = qwen_chat_template("<|vision_start|><|image_pad|><|vision_end|>")
     position_rows = 3
     patch_size: ClassVar[int] = 14
     processor_class: ClassVar[type]
+    config_class: ClassVar[type]
     video_processor_class: ClassVar[type] = Qwen2VLVideoProcessor
 
     def embed(self, model: PreTrainedModel, batch: BatchFeature) -> LMInputs:
@@ -151,6 +134,29 @@ class QwenVLFamily(Family):
         """Text-model kwargs beyond the embeddings that carry vision information (none here)."""
         return {}
 
+    def tiny_config(self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int) -> Any:
+        return self.config_class(
+            text_config=self.tiny_text(tokenizer, size, vocab_size),
+            vision_config=self.tiny_vision(size),
+            **qwen_token_ids(tokenizer),
+        )
+
+    def tiny_text(
+        self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
+    ) -> dict[str, Any]:
+        return qwen_text_config(tokenizer, size, vocab_size)
+
+    def tiny_vision(self, size: TinySize) -> dict[str, Any]:
+        """The vision tower's hand-written tiny dimensions (Qwen2.5-VL and Qwen3-VL share these names)."""
+        return dict(
+            depth=size.vision_layers,
+            hidden_size=size.vision_hidden_size,
+            intermediate_size=2 * size.vision_hidden_size,
+            num_heads=2,
+            out_hidden_size=size.hidden_size,
+            patch_size=self.patch_size,
+        )
+
     def tiny_processor(self, tokenizer: PreTrainedTokenizerBase, size: TinySize) -> Any:
         factor = self.patch_size * 2  # patch size times the 2x2 spatial merge
         image_processor = Qwen2VLImageProcessor(
@@ -170,15 +176,14 @@ class QwenVLFamily(Family):
 class Qwen2VLFamily(QwenVLFamily):
     name = "qwen2_vl"
     processor_class = Qwen2VLProcessor
+    config_class = Qwen2VLConfig
 
     @property
     def model_class(self) -> type[PreTrainedModel]:
         return Qwen2VLForConditionalGeneration
 
-    def tiny_config(
-        self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
-    ) -> Qwen2VLConfig:
-        vision = dict(
+    def tiny_vision(self, size: TinySize) -> dict[str, Any]:
+        return dict(
             depth=size.vision_layers,
             embed_dim=size.vision_hidden_size,
             hidden_size=size.hidden_size,
@@ -186,39 +191,20 @@ class Qwen2VLFamily(QwenVLFamily):
             num_heads=2,
             patch_size=self.patch_size,
         )
-        return Qwen2VLConfig(
-            text_config=qwen_text_config(tokenizer, size, vocab_size),
-            vision_config=vision,
-            **qwen_token_ids(tokenizer),
-        )
 
 
 class Qwen2_5_VLFamily(QwenVLFamily):
     name = "qwen2_5_vl"
     processor_class = Qwen2_5_VLProcessor
+    config_class = Qwen2_5_VLConfig
 
     @property
     def model_class(self) -> type[PreTrainedModel]:
         return Qwen2_5_VLForConditionalGeneration
 
-    def tiny_config(
-        self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
-    ) -> Qwen2_5_VLConfig:
-        vision = dict(
-            depth=size.vision_layers,
-            hidden_size=size.vision_hidden_size,
-            intermediate_size=2 * size.vision_hidden_size,
-            num_heads=2,
-            out_hidden_size=size.hidden_size,
-            patch_size=self.patch_size,
-            window_size=2 * self.patch_size * 2,
-            fullatt_block_indexes=[size.vision_layers - 1],
-        )
-        return Qwen2_5_VLConfig(
-            text_config=qwen_text_config(tokenizer, size, vocab_size),
-            vision_config=vision,
-            **qwen_token_ids(tokenizer),
-        )
+    def tiny_vision(self, size: TinySize) -> dict[str, Any]:
+        window = dict(window_size=2 * self.patch_size * 2, fullatt_block_indexes=[size.vision_layers - 1])
+        return super().tiny_vision(size) | window
 
 
 class Qwen3VLFamily(QwenVLFamily):
@@ -228,6 +214,7 @@ class Qwen3VLFamily(QwenVLFamily):
     patch_size = 16
     processor_class = Qwen3VLProcessor
     video_processor_class = Qwen3VLVideoProcessor
+    config_class = Qwen3VLConfig
 
     @property
     def model_class(self) -> type[PreTrainedModel]:
@@ -236,20 +223,13 @@ class Qwen3VLFamily(QwenVLFamily):
     def vision_extra(self, deepstack: list[torch.Tensor], is_image: torch.Tensor) -> dict[str, Any]:
         return {"visual_pos_masks": is_image, "deepstack_visual_embeds": deepstack}
 
-    def tiny_config(
+    def tiny_text(
         self, tokenizer: PreTrainedTokenizerBase, size: TinySize, vocab_size: int
-    ) -> Qwen3VLConfig:
+    ) -> dict[str, Any]:
         text = qwen_text_config(tokenizer, size, vocab_size)
         text["head_dim"] = size.hidden_size // size.num_heads
         text["rope_parameters"]["mrope_interleaved"] = True
-        vision = dict(
-            depth=size.vision_layers,
-            hidden_size=size.vision_hidden_size,
-            intermediate_size=2 * size.vision_hidden_size,
-            num_heads=2,
-            out_hidden_size=size.hidden_size,
-            patch_size=self.patch_size,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[0],
-        )
-        return Qwen3VLConfig(text_config=text, vision_config=vision, **qwen_token_ids(tokenizer))
+        return text
+
+    def tiny_vision(self, size: TinySize) -> dict[str, Any]:
+        return super().tiny_vision(size) | dict(num_position_embeddings=64, deepstack_visual_indexes=[0])
