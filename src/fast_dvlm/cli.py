@@ -61,7 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.model, max_new_tokens=args.max_new_tokens)
+    run_demo(args.model, args.base, seed=args.seed)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -165,10 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(run=cmd_make_demo)
 
     demo = commands.add_parser(
-        "demo", help="side-by-side run on fresh images", description="Decode fresh images with every mode."
+        "demo",
+        help="the demo model on fresh images, every mode side by side with its AR base",
+        description="Draw fresh task images and answer them with the AR base (transformers generate, ar) and "
+        "the converted demo model (spec-linear, spec-quadratic, diffusion): answers, correctness, "
+        "tokens/NFE and speed-up.",
     )
-    demo.add_argument("--model", default="tiny:qwen2_5_vl", help="model to run (default: tiny:qwen2_5_vl)")
-    demo.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default: 32)")
+    demo.add_argument("--model", default="demo", help="converted model (default: the shipped demo)")
+    demo.add_argument("--base", default="demo-ar", help="its AR base (default: the shipped demo-ar)")
+    demo.add_argument(
+        "--seed", type=int, default=None, help="seed for the scenes (default: new ones each run)"
+    )
     demo.set_defaults(run=cmd_demo)
     return parser
 

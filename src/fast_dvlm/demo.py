@@ -1,50 +1,51 @@
-"""The README's main job: a model answers questions about freshly drawn images, every mode side by side."""
+"""The README's main job: the demo model answers questions about freshly drawn images, every mode
+side by side with its AR base."""
 
 from __future__ import annotations
 
 import random
 
-from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-from .decoding import DECODERS
-from .vlm import load
+from .data import get_task
+from .vlm import GenerationOutput, load
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 30)}
-
-
-def draw_scene(seed: int) -> tuple[Image.Image, str]:
-    """A picture of a few coloured shapes and a question about it."""
-    rng = random.Random(seed)
-    image = Image.new("RGB", (224, 224), (245, 245, 245))
-    draw = ImageDraw.Draw(image)
-    names = rng.sample(sorted(COLOURS), 3)
-    for k, name in enumerate(names):
-        x, y = 20 + 65 * k, rng.randint(20, 150)
-        shape = draw.ellipse if k % 2 else draw.rectangle
-        shape([x, y, x + 50, y + 50], fill=COLOURS[name])
-    return image, f"What colour is the shape on the {rng.choice(['left', 'right'])}?"
+SCENES = ("steps", "chart", "receipt", "map")  # one long answer, three short ones
+MODES = (("spec-linear", {}), ("spec-quadratic", {"block_size": 8}), ("diffusion", {"threshold": 0.9}))
 
 
-def run_demo(model: str, max_new_tokens: int = 32, scenes: int = 3) -> None:
+def run_demo(
+    model: str = "demo", base: str = "demo-ar", scenes: int = len(SCENES), seed: int | None = None
+) -> None:
+    """Decode fresh scenes with the AR base (transformers generate, our ar) and the converted model."""
     console = Console()
-    vlm = load(model)
-    console.print(f"[bold]fast-dvlm demo[/bold] on {model}: transformers generate vs our decoding modes")
-    for seed in range(scenes):
-        image, question = draw_scene(seed)
-        reference = vlm.hf_generate(question, [image], max_new_tokens)
-        table = Table(title=f"scene {seed}: {question}", title_justify="left")
-        for column in ("mode", "answer", "tokens", "NFE", "tok/NFE", "tok/s", "= generate"):
+    converted, ar_base = load(model), load(base)
+    rng = random.Random(seed)
+    console.print(f"[bold]fast-dvlm demo[/bold]: {model} (converted) vs {base} (its AR base), fresh images")
+    for task_name in SCENES[:scenes]:
+        task = get_task(task_name)
+        example = task.make(random.Random(rng.random()), "test")
+        qa = example.qas[0]
+        reference = ar_base.hf_generate(qa.question, [example.image], 128)
+        runs: list[tuple[str, GenerationOutput]] = [
+            ("AR base, transformers generate", reference),
+            ("AR base, fast-dvlm ar", ar_base.generate(qa.question, [example.image], "ar", 128)),
+        ]
+        for mode, settings in MODES:
+            runs.append(
+                (f"Fast-dVLM {mode}", converted.generate(qa.question, [example.image], mode, 128, **settings))
+            )
+        table = Table(title=f"{task.benchmark}-like: {qa.question}", title_justify="left", show_lines=False)
+        for column in ("decoder", "answer", "right", "tokens/NFE", "tokens/s", "speed-up"):
             table.add_column(column, overflow="fold")
-        for out in [reference] + [vlm.generate(question, [image], mode, max_new_tokens) for mode in DECODERS]:
+        for label, out in runs:
             table.add_row(
-                out.mode,
-                repr(out.text[:48]),
-                str(len(out.token_ids)),
-                str(out.nfe),
+                label,
+                out.text if len(out.text) <= 160 else out.text[:160] + "...",
+                "yes" if task.score(out.text, qa.key) else "no",
                 f"{out.tokens_per_nfe:.2f}",
                 f"{out.tokens_per_second:.0f}",
-                "yes" if out.token_ids == reference.token_ids else "NO",
+                f"{out.tokens_per_second / reference.tokens_per_second:.1f}x",
             )
         console.print(table)

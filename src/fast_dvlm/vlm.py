@@ -211,9 +211,20 @@ class DiffusionVLM:
         )
 
 
+SHIPPED = {"demo": "demo", "demo-ar": "demo-ar"}  # names of the checkpoints in the package's assets
+
+
 def load(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> DiffusionVLM:
-    """Open a local checkpoint directory, or `tiny:<family>` for a random tiny model built on the spot."""
+    """Open a local checkpoint directory; `demo` / `demo-ar` for the shipped demo models (converted /
+    its AR base); `tiny:<family>` for a random tiny model built on the spot."""
     name = str(name_or_path)
+    if name in SHIPPED:
+        path = Path(__file__).resolve().parent / "assets" / SHIPPED[name]
+        if not (path / "config.json").is_file():
+            raise FastDVLMError(
+                f"the {name} model is not in this installation: build it with `fast-dvlm make-demo`"
+            )
+        return DiffusionVLM.from_pretrained(path, dtype=dtype)
     if name.startswith("tiny:"):
         from .models.tiny import build_tiny_model
 
