@@ -164,3 +164,14 @@ def test_bad_training_config_is_one_clear_error(tmp_path):
         from fast_dvlm.train.trainer import Schedule
 
         Schedule(TrainConfig(batch_size=3), 10, rank=0, world=2)
+
+
+def test_gradient_checkpointing_gives_the_same_loss(workdir):
+    root, data = workdir
+    logs = []
+    for checkpointing in (False, True):
+        out = root / f"checkpointing-{checkpointing}"
+        config = TrainConfig(steps=2, batch_size=2, lr=1e-3, gradient_checkpointing=checkpointing)
+        convert(root / "qwen2_5_vl", data, out, config, progress=False)
+        logs.append([r["loss"] for r in read_log(out)])
+    assert logs[0] == pytest.approx(logs[1], rel=1e-5)
