@@ -78,11 +78,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench.procedural import markdown, plot, report, run_bench, write_json
     from .vlm import load
 
-    split = Path(args.split) if args.split else None
-    if split is None or not split.is_file():
-        raise FastDVLMError(
-            f"test split not found: {split} (make one with `fast-dvlm make-demo` or --split FILE)"
-        )
+    if args.split is None:  # the demo recipe's test split, regenerated (it is deterministic)
+        from .data.build import build_splits
+        from .train.demo_recipe import DemoRecipe
+
+        recipe = DemoRecipe()
+        split = build_splits(
+            Path(args.workdir), {"test": recipe.eval_per_task}, recipe.image_size, splits=("test",)
+        )["test"]
+    else:
+        split = Path(args.split)
+        if not split.is_file():
+            raise FastDVLMError(f"test split not found: {split}")
     models = {"base": load(args.base), "converted": load(args.model)}
     scores = run_bench(models, split, args.per_task, max_new_tokens=args.max_new_tokens)
     result = report(scores, f"{args.model} (AR base: {args.base})")
@@ -147,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--model", default="demo", help="converted model (default: demo)")
     bench.add_argument("--base", default="demo-ar", help="its AR base (default: demo-ar)")
-    bench.add_argument("--split", default=None, help="test split JSON written by fast_dvlm.data.build")
+    bench.add_argument(
+        "--split", default=None, help="a split JSON (default: the demo's test split, regenerated)"
+    )
+    bench.add_argument("--workdir", default="runs/bench", help="where the regenerated split goes")
     bench.add_argument("--per-task", type=int, default=None, help="items per task (default: all)")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--json", default=None, help="write the full results as JSON")

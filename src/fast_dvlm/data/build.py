@@ -48,12 +48,16 @@ def build_splits(
     image_size: int,
     multi_turn: float = 0.3,
     progress: bool = True,
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, Path]:
-    """Write `out/{split}.json` and `out/images/{split}/*.png`; `per_task[split]` examples per task."""
+    """Write `out/{split}.json` and `out/images/{split}/*.png`; `per_task[split]` examples per task.
+
+    Building only some `splits` gives the same images for them as a full build (a held-out split
+    never depends on the training split)."""
     out = Path(out)
     seen: set[str] = set()
     paths = {}
-    for split in SPLITS:
+    for split in [s for s in SPLITS if s in splits]:
         folder = out / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
         records = []
