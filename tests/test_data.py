@@ -62,3 +62,10 @@ def test_splits_are_written_and_never_share_an_image(tmp_path):
     assert not digests["val"] & digests["test"]
     train = json.loads(paths["train"].read_text())
     assert any(len(r["conversations"]) >= 4 for r in train)  # some multi-turn training samples
+
+
+def test_a_held_out_split_alone_equals_its_full_build(tmp_path):
+    full = build_splits(tmp_path / "full", {"train": 3, "val": 2, "test": 2}, 64, progress=False)
+    alone = build_splits(tmp_path / "alone", {"test": 2}, 64, progress=False, splits=("test",))
+    assert set(alone) == {"test"}
+    assert json.loads(full["test"].read_text()) == json.loads(alone["test"].read_text())
