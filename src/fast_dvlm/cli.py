@@ -35,12 +35,10 @@ def stat_line(out) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .prompt import load_image
+    from .prompt import to_messages
     from .vlm import load
 
-    images = [load_image(path) for path in args.image]  # fail on a bad image before loading the model
-    if not args.prompt.strip():
-        raise FastDVLMError("the prompt is empty: give a question or instruction with --prompt")
+    _, images = to_messages(args.prompt, args.image)  # fail on bad input before loading the model
     vlm = load(args.model)
     out = vlm.generate(
         args.prompt,

@@ -66,14 +66,7 @@ def run_bench(
 def combine(scores: dict[str, TaskScore], tasks: list[str]) -> TaskScore:
     total = TaskScore()
     for task in tasks:
-        s = scores[task]
-        total.correct, total.total = total.correct + s.correct, total.total + s.total
-        total.tokens, total.nfe, total.seconds = (
-            total.tokens + s.tokens,
-            total.nfe + s.nfe,
-            total.seconds + s.seconds,
-        )
-        total.accepted += s.accepted
+        total.merge(scores[task])
     return total
 
 

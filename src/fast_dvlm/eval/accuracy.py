@@ -39,6 +39,14 @@ class TaskScore:
         self.seconds += out.seconds
         self.accepted += [step.tokens for step in out.trace]
 
+    def merge(self, other: TaskScore) -> None:
+        self.correct += other.correct
+        self.total += other.total
+        self.tokens += other.tokens
+        self.nfe += other.nfe
+        self.seconds += other.seconds
+        self.accepted += other.accepted
+
     def summary(self) -> dict[str, float]:
         return {
             "accuracy": 100.0 * self.correct / max(self.total, 1),

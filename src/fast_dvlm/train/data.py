@@ -8,6 +8,7 @@ fatal: the counts are reported at the end of a run.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -148,6 +149,12 @@ class ConversationDataset(torch.utils.data.Dataset):
             raise FastDVLMError(
                 f"no usable records in {path} (skipped: {dict(self.skipped) or 'none found'})"
             )
+
+    def text_only_view(self) -> ConversationDataset:
+        """The same validated records, rendered without their images (two-stage stage 1)."""
+        view = copy.copy(self)
+        view.text_only, view.too_long = True, set()
+        return view
 
     def __len__(self) -> int:
         return len(self.conversations)

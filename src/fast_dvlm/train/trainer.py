@@ -140,15 +140,7 @@ def convert(
         )
     }
     if config.recipe.two_stage:
-        datasets[1] = ConversationDataset(
-            data,
-            vlm.processor,
-            vlm.family,
-            config.image_root,
-            config.max_length,
-            text_only=True,
-            progress=False,
-        )
+        datasets[1] = datasets[2].text_only_view()
     schedule = Schedule(config, len(datasets[2]), accelerator.process_index, accelerator.num_processes)
     if config.gradient_checkpointing:
         vlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
