@@ -10,13 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel, ProcessorMixin
 
 from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
 from .errors import FastDVLMError
 from .models.family import Family
 from .models.mask_token import add_mask_token
 from .models.registry import family_of, get_family
+from .models.released import open_released, released_kind
 from .prompt import ImageLike, Messages, encode_prompt
 from .settings import DiffusionSettings
 
@@ -89,13 +90,16 @@ class DiffusionVLM:
                 "saved with save_pretrained)"
             )
         try:
-            model_type = json.loads(config_file.read_text()).get("model_type")
+            config = json.loads(config_file.read_text())
         except json.JSONDecodeError as exc:
             raise FastDVLMError(f"{config_file} is not valid JSON: {exc}") from None
-        family = get_family(model_type or "<missing model_type>")
+        if released_kind(config):
+            model, processor, family_name = open_released(path, config, dtype)
+            return cls(model, processor, get_family(family_name))
+        family = get_family(config.get("model_type") or "<missing model_type>")
         try:
             model = family.model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
-            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            processor = family.load_processor(path)
         except (OSError, ValueError, KeyError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FastDVLMError(f"cannot load the checkpoint in {path}: {first_line}") from exc

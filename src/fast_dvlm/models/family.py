@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import BatchFeature, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import AutoProcessor, BatchFeature, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 
 @dataclass
@@ -37,6 +37,7 @@ class TinySize:
     intermediate_size: int = 128
     vision_hidden_size: int = 32
     vision_layers: int = 2
+    spatial_merge: int = 2  # Qwen-VL: side of the patch square merged into one visual token
     image_size: int = 64  # side, in pixels, images are resized towards
     max_position_embeddings: int = 4096
     init_std: float = 0.02  # larger values give random models more varied (harder) outputs for tests
@@ -72,6 +73,10 @@ class Family(ABC):
     @abstractmethod
     def tiny_processor(self, tokenizer: PreTrainedTokenizerBase, size: TinySize) -> ProcessorMixin:
         """The family's real processor class around `tokenizer`, resizing images to `size.image_size`."""
+
+    def load_processor(self, path: Any) -> Any:
+        """The processor saved next to a checkpoint of this family."""
+        return AutoProcessor.from_pretrained(path, local_files_only=True)
 
     def init_tiny_weights(self, model: PreTrainedModel) -> None:  # noqa: B027 (optional hook)
         """Fix up a freshly built tiny model's initialisation where transformers' own is unsuitable."""

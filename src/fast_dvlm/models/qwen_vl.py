@@ -155,13 +155,14 @@ class QwenVLFamily(Family):
             num_heads=2,
             out_hidden_size=size.hidden_size,
             patch_size=self.patch_size,
+            spatial_merge_size=size.spatial_merge,
         )
 
     def tiny_processor(self, tokenizer: PreTrainedTokenizerBase, size: TinySize) -> Any:
-        factor = self.patch_size * 2  # patch size times the 2x2 spatial merge
+        factor = self.patch_size * size.spatial_merge  # the pixel side of one visual token
         image_processor = Qwen2VLImageProcessor(
             patch_size=self.patch_size,
-            merge_size=2,
+            merge_size=size.spatial_merge,
             min_pixels=factor * factor,
             max_pixels=max(size.image_size, factor) ** 2,
         )
@@ -190,6 +191,7 @@ class Qwen2VLFamily(QwenVLFamily):
             mlp_ratio=2,
             num_heads=2,
             patch_size=self.patch_size,
+            spatial_merge_size=size.spatial_merge,
         )
 
 
@@ -203,7 +205,10 @@ class Qwen2_5_VLFamily(QwenVLFamily):
         return Qwen2_5_VLForConditionalGeneration
 
     def tiny_vision(self, size: TinySize) -> dict[str, Any]:
-        window = dict(window_size=2 * self.patch_size * 2, fullatt_block_indexes=[size.vision_layers - 1])
+        window = dict(
+            window_size=2 * self.patch_size * size.spatial_merge,
+            fullatt_block_indexes=[size.vision_layers - 1],
+        )
         return super().tiny_vision(size) | window
 
 

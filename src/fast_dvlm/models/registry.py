@@ -7,10 +7,12 @@ from typing import Any
 from ..errors import FastDVLMError
 from .family import Family
 from .fast_vlm import FastVlmFamily
+from .qwen_text import Qwen2TextFamily
 from .qwen_vl import Qwen2_5_VLFamily, Qwen2VLFamily, Qwen3VLFamily
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (Qwen2VLFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), FastVlmFamily())
+    f.name: f
+    for f in (Qwen2VLFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), FastVlmFamily(), Qwen2TextFamily())
 }
 
 

@@ -39,8 +39,9 @@ def build_tiny_model(
     )
     rows = -(-max(len(tokenizer) + 1, min_embedding_rows) // ROW_MULTIPLE) * ROW_MULTIPLE
     config = family.tiny_config(tokenizer, size, rows)
-    for part in (config, config.text_config, config.vision_config):
-        part.initializer_range = size.init_std
+    for part in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        if part is not None:
+            part.initializer_range = size.init_std
     torch.manual_seed(seed)
     model = family.model_class(config).eval()
     family.init_tiny_weights(model)

@@ -1,4 +1,5 @@
-"""The demo model's recipe: procedural data, an offline tokenizer, AR training from scratch, conversion.
+"""The demo model's recipe: procedural data, an offline tokenizer, vision-tower pre-training, AR
+training from scratch, conversion.
 
     fast-dvlm make-demo --workdir runs/demo
 
@@ -22,13 +23,14 @@ from ..models.tiny import build_tiny_model
 from ..vlm import DiffusionVLM
 from .config import TrainConfig
 from .trainer import convert
+from .vision_pretrain import pretrain_vision
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 @dataclass
 class DemoRecipe:
-    image_size: int = 112  # 4x4 = 16 visual tokens after Qwen2.5-VL's 2x2 merge
+    image_size: int = 112  # 2x2 = 4 visual tokens: 8x8 patches of 14 px, merged 4x4
     train_per_task: int = 3000
     eval_per_task: int = 60
     vocab_size: int = 1024
@@ -42,13 +44,16 @@ class DemoRecipe:
             vision_hidden_size=128,
             vision_layers=4,
             image_size=112,
+            spatial_merge=4,  # measured: the LM learns to read 4 rich tokens far sooner than 16
             max_position_embeddings=1024,
         )
     )
     batch_size: int = 32
-    ar_steps: int = 3500
-    ar_lr: float = 2e-3
-    convert_steps: int = 1000
+    vision_steps: int = 2500  # stage 0, see vision_pretrain.py
+    vision_lr: float = 1e-3
+    ar_steps: int = 2500
+    ar_lr: float = 1e-3
+    convert_steps: int = 600
     convert_lr: float = 5e-4
     seed: int = 0
 
@@ -80,6 +85,18 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
         DiffusionVLM(model, processor).save_pretrained(init)
 
     mark = time.perf_counter()
+    vision = workdir / "vision"
+    if not (vision / "model.safetensors").exists():
+        vlm = DiffusionVLM.from_pretrained(init)
+        report = pretrain_vision(
+            vlm, data / "train.json", data / "val.json", recipe.vision_steps, recipe.batch_size,
+            recipe.vision_lr, recipe.seed,
+        )  # fmt: skip
+        vlm.save_pretrained(vision)
+        (vision / "pretrain.json").write_text(json.dumps(report, indent=1))
+    timings["vision_pretraining_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
     ar = workdir / "ar"
     if not (ar / "model.safetensors").exists():
         config = TrainConfig(
@@ -92,7 +109,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
             seed=recipe.seed,
             recipe={"alpha_diffusion": 0.0, "beta_ar": 1.0, "anneal_block_size": False},
         )
-        convert(init, data / "train.json", ar, config)
+        convert(vision, data / "train.json", ar, config)
     timings["ar_training_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -142,6 +159,8 @@ Made by `fast-dvlm make-demo --workdir runs/demo` (recipe: `fast_dvlm.train.demo
 - {params / 1e6:.1f}M parameters, stored in fp16; {recipe.image_size}-pixel square images
 - data: the 11 procedural tasks of `fast_dvlm.data`, {recipe.train_per_task} training images per task
   (some with 2-3 questions), {recipe.eval_per_task} validation and {recipe.eval_per_task} test images per task
+- vision pre-training (stage 0, `fast_dvlm.train.vision_pretrain`): {recipe.vision_steps} steps of
+  batch {recipe.batch_size}, lr {recipe.vision_lr}
 - AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr};
   conversion: {recipe.convert_steps} steps of batch {recipe.batch_size}, lr {recipe.convert_lr}
 - time on 2 CPU cores: {hours}

@@ -1,0 +1,153 @@
+"""The authors' released formats open without remote code and decode in every mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+import fast_dvlm
+from fast_dvlm.cli import main
+from fast_dvlm.errors import FastDVLMError
+
+from .released_replicas import MASK, fast_dllm_v2_replica, fast_dvlm_replica
+
+MODES = ("ar", "spec-linear", "spec-quadratic", "diffusion")
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    ours, theirs = a.state_dict(), b.state_dict()
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.fixture(scope="module")
+def dvlm_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("released") / "Fast_dVLM_3B"
+    return path, fast_dvlm_replica(path, bd_size=8)
+
+
+@pytest.fixture(scope="module")
+def v2_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("released") / "Fast_dLLM_v2"
+    return path, fast_dllm_v2_replica(path, bd_size=8)
+
+
+def test_fast_dvlm_loads_with_the_checkpoint_settings(dvlm_dir):
+    path, reference = dvlm_dir
+    vlm = fast_dvlm.load(path)
+    assert vlm.family.name == "qwen2_5_vl"
+    assert same_weights(vlm.model, reference)
+    assert vlm.settings.mask_token_id == vlm.tokenizer.convert_tokens_to_ids(MASK)
+    assert (vlm.settings.block_size, vlm.settings.sub_block_size, vlm.settings.threshold) == (8, 8, 0.9)
+    assert vlm.settings.clean_attention == "causal"
+
+
+@pytest.mark.parametrize("block_size", [2, 8])
+def test_fast_dvlm_spec_modes_equal_transformers_generate(dvlm_dir, images, block_size):
+    vlm = fast_dvlm.load(dvlm_dir[0])
+    prompt = "Describe the picture in detail."
+    reference = vlm.hf_generate(prompt, images[:1], max_new_tokens=20).token_ids
+    for mode in ("ar", "spec-linear", "spec-quadratic"):
+        out = vlm.generate(prompt, images[:1], mode, max_new_tokens=20, block_size=block_size)
+        assert out.token_ids == reference, mode
+
+
+@pytest.mark.parametrize("tied,legacy", [(True, False), (False, True)])
+def test_fast_dvlm_key_layouts_and_tied_head(tmp_path, tied, legacy):
+    reference = fast_dvlm_replica(tmp_path, tied=tied, legacy_keys=legacy)
+    vlm = fast_dvlm.load(tmp_path)
+    assert same_weights(vlm.model, reference)
+    if tied:
+        assert torch.equal(vlm.model.lm_head.weight, vlm.model.get_input_embeddings().weight)
+
+
+def test_fast_dllm_v2_is_text_only_and_block_causal(v2_dir, images):
+    path, reference = v2_dir
+    vlm = fast_dvlm.load(path)
+    assert vlm.family.name == "qwen2" and vlm.settings.clean_attention == "block-causal"
+    assert vlm.settings.block_size == 8
+    assert vlm.settings.mask_token_id == vlm.tokenizer.convert_tokens_to_ids(MASK)
+    assert same_weights(vlm.model, reference)
+    for mode in MODES:
+        out = vlm.generate("Count to ten, please.", mode=mode, max_new_tokens=12)
+        assert 0 < len(out.token_ids) <= 12 and out.nfe >= 2, mode
+    with pytest.raises(FastDVLMError, match="text-only"):
+        vlm.generate("What is this?", images[:1])
+
+
+def test_fast_dllm_v2_block_causal_cache_equals_recompute(v2_dir):
+    vlm = fast_dvlm.load(v2_dir[0])
+    for mode in ("diffusion", "spec-linear"):
+        cached = vlm.generate("Tell me a story.", mode=mode, max_new_tokens=16, block_size=4)
+        fresh = vlm.generate("Tell me a story.", mode=mode, max_new_tokens=16, block_size=4, use_cache=False)
+        assert cached.token_ids == fresh.token_ids, mode
+
+
+def test_text_family_spec_modes_equal_generate_with_causal_attention(v2_dir, tmp_path):
+    """With the token-causal clean stream, the text family is lossless like the VLM families."""
+    vlm = fast_dvlm.load(v2_dir[0])
+    vlm.settings.clean_attention = "causal"
+    reference = vlm.hf_generate("Tell me a story.", max_new_tokens=20).token_ids
+    for mode in ("ar", "spec-linear", "spec-quadratic"):
+        for block_size in (2, 4):
+            assert vlm.generate(
+                "Tell me a story.", mode=mode, max_new_tokens=20, block_size=block_size
+            ).token_ids == (reference), (mode, block_size)
+
+
+@pytest.mark.parametrize("kind", ["dvlm", "v2"])
+def test_saved_back_opens_with_plain_transformers(kind, dvlm_dir, v2_dir, tmp_path):
+    source, reference = dvlm_dir if kind == "dvlm" else v2_dir
+    vlm = fast_dvlm.load(source)
+    vlm.save_pretrained(tmp_path)
+    auto = AutoModelForImageTextToText if kind == "dvlm" else AutoModelForCausalLM
+    plain = auto.from_pretrained(tmp_path, local_files_only=True)
+    assert same_weights(plain, reference)
+    again = fast_dvlm.load(tmp_path)
+    assert again.settings == vlm.settings
+
+
+def test_cli_generate_on_a_released_replica(dvlm_dir, capsys):
+    args = [
+        "--model",
+        str(dvlm_dir[0]),
+        "--prompt",
+        "Hello",
+        "--mode",
+        "spec-linear",
+        "--max-new-tokens",
+        "6",
+    ]
+    assert main(["generate", *args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "spec-linear" and len(out["token_ids"]) <= 6
+
+
+def test_missing_pieces_give_one_clear_error(tmp_path):
+    fast_dvlm_replica(tmp_path / "no-vision", drop=("model.visual.blocks.0",))
+    with pytest.raises(FastDVLMError, match="claims fast_dvlm but lacks"):
+        fast_dvlm.load(tmp_path / "no-vision")
+
+    fast_dvlm_replica(tmp_path / "no-vision-config")
+    config = json.loads((tmp_path / "no-vision-config" / "config.json").read_text())
+    del config["vision_config"]
+    (tmp_path / "no-vision-config" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FastDVLMError, match="no vision_config"):
+        fast_dvlm.load(tmp_path / "no-vision-config")
+
+    fast_dllm_v2_replica(tmp_path / "no-tokenizer")
+    (tmp_path / "no-tokenizer" / "tokenizer.json").unlink()
+    (tmp_path / "no-tokenizer" / "tokenizer_config.json").unlink()
+    with pytest.raises(FastDVLMError, match="tokenizer"):
+        fast_dvlm.load(tmp_path / "no-tokenizer")
+
+
+def test_fp8_release_without_quantisation_support_names_what_is_missing(tmp_path):
+    fast_dllm_v2_replica(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "float-quantized"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FastDVLMError, match="FP8"):
+        fast_dvlm.load(tmp_path)
