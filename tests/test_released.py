@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, DynamicCache
 
 import fast_dvlm
 from fast_dvlm.cli import main
@@ -67,6 +67,7 @@ def test_fast_dllm_v2_is_text_only_and_block_causal(v2_dir, images):
     path, reference = v2_dir
     vlm = fast_dvlm.load(path)
     assert vlm.family.name == "qwen2" and vlm.settings.clean_attention == "block-causal"
+    assert vlm.settings.block_alignment == "absolute"
     assert vlm.settings.block_size == 8
     assert vlm.settings.mask_token_id == vlm.tokenizer.convert_tokens_to_ids(MASK)
     assert same_weights(vlm.model, reference)
@@ -88,7 +89,7 @@ def test_fast_dllm_v2_block_causal_cache_equals_recompute(v2_dir):
 def test_text_family_spec_modes_equal_generate_with_causal_attention(v2_dir, tmp_path):
     """With the token-causal clean stream, the text family is lossless like the VLM families."""
     vlm = fast_dvlm.load(v2_dir[0])
-    vlm.settings.clean_attention = "causal"
+    vlm.settings.clean_attention, vlm.settings.block_alignment = "causal", "answer"
     reference = vlm.hf_generate("Tell me a story.", max_new_tokens=20).token_ids
     for mode in ("ar", "spec-linear", "spec-quadratic"):
         for block_size in (2, 4):
@@ -151,3 +152,71 @@ def test_fp8_release_without_quantisation_support_names_what_is_missing(tmp_path
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(FastDVLMError, match="FP8"):
         fast_dvlm.load(tmp_path)
+
+
+def v2_reference(
+    model, prompt_ids: list[int], block: int, sub: int, tau: float, mask_id: int, stops, limit: int
+):
+    """Fast-dLLM v2's greedy block decoding, written from its description: blocks aligned to absolute
+    positions, block-causal prefill of the prompt's full blocks, its tail decoded inside the first
+    block, τ-threshold sub-blocks with shifted logits, a block-causal commit pass whose last logit
+    seeds the next block. (Like fast-dvlm, it never unmasks a position into the mask token.)"""
+    cache = DynamicCache(config=model.config)
+
+    def run(ids: list[int], start: int, keep: bool) -> torch.Tensor:
+        pos = torch.arange(start, start + len(ids))
+        blocks = torch.arange(start + len(ids)) // block
+        allowed = blocks[None, :] <= blocks[start:, None]
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+        out = model(input_ids=torch.tensor([ids]), position_ids=pos[None], attention_mask=mask,
+                    past_key_values=cache, use_cache=True)  # fmt: skip
+        if not keep:
+            cache.crop(-len(ids))
+        return out.logits[0]
+
+    x, length = list(prompt_ids), len(prompt_ids)
+    full = length // block * block
+    if full:
+        logits = run(x[:full], 0, keep=True)
+        if full == length:
+            x.append(int(logits[-1].argmax()))
+    while len(x) - length < limit and not set(x[length:]) & stops:
+        start = full
+        known = len(x) - start
+        x += [mask_id] * (block - known)
+        for a in range(0, block, sub):
+            while mask_id in x[start + a : start + a + sub]:
+                logits = run(x[start:], start, keep=False)
+                logits[:, mask_id] = float("-inf")
+                probs = torch.cat([logits[:1], logits[:-1]]).softmax(-1)[a : a + sub]
+                confidence, prediction = probs.max(-1)
+                masked = torch.tensor([t == mask_id for t in x[start + a : start + a + sub]])
+                confidence = torch.where(masked, confidence, torch.tensor(-1.0))
+                chosen = masked & (confidence > tau)
+                chosen[confidence.argmax()] = True
+                for k in chosen.nonzero().flatten().tolist():
+                    x[start + a + k] = int(prediction[k])
+        x.append(int(run(x[start:], start, keep=True)[-1].argmax()))
+        full += block
+    answer = x[length:][:limit]
+    stop_at = next((i for i, t in enumerate(answer) if t in stops), None)
+    return answer if stop_at is None else answer[: stop_at + 1]
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.6])
+def test_fast_dllm_v2_diffusion_matches_the_authors_algorithm(v2_dir, tau):
+    from fast_dvlm.prompt import encode_prompt
+
+    vlm = fast_dvlm.load(v2_dir[0])
+    tails = set()
+    for prompt in ("Hi.", "Tell me a long story about a fox.", "Count: one two three four five six"):
+        ids = encode_prompt(vlm.processor, prompt)["input_ids"][0].tolist()
+        for block, sub in ((4, 2), (8, 8), (8, 4)):
+            tails.add(len(ids) % block == 0)
+            ours = vlm.generate(prompt, mode="diffusion", max_new_tokens=20, block_size=block,
+                                sub_block_size=sub, threshold=tau)  # fmt: skip
+            reference = v2_reference(
+                vlm.model, ids, block, sub, tau, vlm.settings.mask_token_id, vlm.stop_ids, 20
+            )
+            assert ours.token_ids == reference, (prompt, block, sub)
+    assert tails == {True, False}  # prompts that end on a block boundary and prompts that do not

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from .data import get_task
+from .train.demo_recipe import DemoRecipe
 from .vlm import GenerationOutput, load
 
 SCENES = ("steps", "chart", "receipt", "map")  # one long answer, three short ones
@@ -20,12 +22,14 @@ def run_demo(
 ) -> None:
     """Decode fresh scenes with the AR base (transformers generate, our ar) and the converted model."""
     console = Console()
+    side = DemoRecipe().image_size
     converted, ar_base = load(model), load(base)
     rng = random.Random(seed)
     console.print(f"[bold]fast-dvlm demo[/bold]: {model} (converted) vs {base} (its AR base), fresh images")
     for task_name in SCENES[:scenes]:
         task = get_task(task_name)
         example = task.make(random.Random(rng.random()), "test")
+        example.image = example.image.resize((side, side), Image.Resampling.LANCZOS)  # as in training
         qa = example.qas[0]
         reference = ar_base.hf_generate(qa.question, [example.image], 128)
         runs: list[tuple[str, GenerationOutput]] = [

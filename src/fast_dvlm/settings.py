@@ -13,6 +13,7 @@ from .errors import FastDVLMError
 
 CONFIG_KEY = "fast_dvlm"
 CleanAttention = Literal["causal", "block-causal"]
+BlockAlignment = Literal["answer", "absolute"]
 
 
 @dataclass
@@ -21,6 +22,9 @@ class DiffusionSettings:
 
     clean_attention: how the committed (clean) tokens attend to each other. "causal" is Fast-dVLM
     (token-level causal, so the KV cache equals an AR model's); "block-causal" is Fast-dLLM v2.
+    block_alignment: where blocks start. "answer" (Fast-dVLM): at the first answer token, seeded by
+    the prefill's AR prediction. "absolute" (Fast-dLLM v2): at multiples of the block size from the
+    sequence start, so the prompt's last partial block is decoded inside the first answer block.
     recipe: the training recipe that produced the checkpoint (empty for a model never converted).
     """
 
@@ -29,6 +33,7 @@ class DiffusionSettings:
     sub_block_size: int = 8
     threshold: float = 0.9
     clean_attention: CleanAttention = "causal"
+    block_alignment: BlockAlignment = "answer"
     recipe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -36,6 +41,10 @@ class DiffusionSettings:
         if self.clean_attention not in ("causal", "block-causal"):
             raise FastDVLMError(
                 f"clean_attention must be 'causal' or 'block-causal', got {self.clean_attention!r}"
+            )
+        if self.block_alignment not in ("answer", "absolute"):
+            raise FastDVLMError(
+                f"block_alignment must be 'answer' or 'absolute', got {self.block_alignment!r}"
             )
 
     @classmethod

@@ -19,6 +19,7 @@ from .models.mask_token import add_mask_token
 from .models.registry import family_of, get_family
 from .models.released import open_released, released_kind
 from .prompt import ImageLike, Messages, encode_prompt
+from .quant import is_fp8_checkpoint, load_quantized
 from .settings import DiffusionSettings
 
 
@@ -97,6 +98,8 @@ class DiffusionVLM:
             model, processor, family_name = open_released(path, config, dtype)
             return cls(model, processor, get_family(family_name))
         family = get_family(config.get("model_type") or "<missing model_type>")
+        if is_fp8_checkpoint(config):  # FP8 weights: emulated FP8 linear layers, on any device
+            return load_quantized(path, family, dtype)
         try:
             model = family.model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
             processor = family.load_processor(path)
@@ -139,8 +142,9 @@ class DiffusionVLM:
         """Validate, encode and prefill: everything before the first decoding step."""
         decoder = make_decoder(mode, options)
         batch = encode_prompt(self.processor, prompt, images)
-        session = Session(self.model, self.family, use_cache=use_cache)
-        first_logits = session.prefill(self.family.embed(self.model, batch))
+        session = Session(self.model, self.family, use_cache, options.clean_attention)
+        aligned = options.block_size if self.settings.block_alignment == "absolute" and mode != "ar" else None
+        first_logits = session.prefill(self.family.embed(self.model, batch), batch["input_ids"][0], aligned)
         return decoder, session, first_logits
 
     @torch.inference_mode()
@@ -186,7 +190,7 @@ class DiffusionVLM:
             text=self.tokenizer.decode(session.tokens, skip_special_tokens=True),
             token_ids=list(session.tokens),
             nfe=session.nfe,
-            prefill_nfe=1,
+            prefill_nfe=session.prefill_nfe,
             seconds=time.perf_counter() - start,
             prompt_tokens=session.prompt_len,
             mode=mode,

@@ -13,6 +13,5 @@ class ARDecoder(Decoder):
     needs_mask_token = False
 
     def step(self, session: Session, budget: int) -> list[int]:
-        start = session.cache_len
-        logits = session.forward(torch.tensor([session.tokens[-1]]), torch.tensor([start]))
-        return [int(logits[-1].argmax())]
+        logits = self.causal_logits(session, torch.tensor(session.pending), rows=slice(-1, None))
+        return [int(logits.argmax())]

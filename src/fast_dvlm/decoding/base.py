@@ -43,10 +43,12 @@ class StepTrace:
 
 
 class Decoder(ABC):
-    """A decoding algorithm. `step` commits the tokens that follow the seed.
+    """A decoding algorithm. `step` commits the tokens that follow the pending ones.
 
-    Invariant between steps: the cache holds the prompt and every committed token but the last
-    one (the "seed"); `step` decodes what follows the seed and leaves the invariant true again.
+    Invariant between steps: the cache holds everything before the current block; `session.pending`
+    holds the block's known start (the seed: the last committed token, or, with blocks aligned to
+    absolute positions, the prompt's last partial block first). `step` decodes what follows the
+    pending tokens, ending with the next seed, and leaves the invariant true again.
     """
 
     name: ClassVar[str]
@@ -60,19 +62,26 @@ class Decoder(ABC):
 
     @abstractmethod
     def step(self, session: Session, budget: int) -> list[int]:
-        """Decode and return the tokens that follow the seed. Only the first `budget` will be used,
-        so an algorithm may stop early once it knows them (or a stop token with nothing masked before it)."""
+        """Decode and return the tokens that follow the pending ones. Only the first `budget` will be
+        used, so an algorithm may stop early once it knows them (or a stop token with nothing masked
+        before it)."""
 
-    def run(self, session: Session, first_logits: torch.Tensor) -> Iterator[list[int]]:
-        """Yield committed tokens chunk by chunk, up to and including the first stop token."""
-        chunk = [int(first_logits.argmax())]  # the prefill's AR prediction is the first seed
+    def run(self, session: Session, first_logits: torch.Tensor | None) -> Iterator[list[int]]:
+        """Yield committed tokens chunk by chunk, up to and including the first stop token.
+
+        `first_logits` is the prefill's prediction of the first answer token, which seeds the first
+        block; None when the prompt's tail is already pending (blocks aligned to absolute positions).
+        """
+        chunk = [] if first_logits is None else [int(first_logits.argmax())]
         while True:
             chunk = chunk[: self.options.max_new_tokens - len(session.tokens)]
             stop_at = self.first_stop(chunk)
             if stop_at is not None:
                 chunk = chunk[: stop_at + 1]
             session.tokens.extend(chunk)
-            yield chunk
+            if chunk:
+                session.pending = [chunk[-1]]
+                yield chunk
             if stop_at is not None or len(session.tokens) >= self.options.max_new_tokens:
                 return
             passes_before = session.nfe
@@ -86,7 +95,7 @@ class Decoder(ABC):
 
     def block_mask(self, session: Session, new: Tokens) -> torch.Tensor:
         """The additive attention mask of `new` tokens over [cache | new], from the shared rules."""
-        keys = Tokens.cached(session.cache_len) + new
+        keys = session.cached_tokens() + new
         return additive_mask(attention_allowed(new, keys, self.options.clean_attention), session.dtype)
 
     def denoise_logits(
@@ -121,8 +130,8 @@ class Decoder(ABC):
             mask = self.block_mask(session, Tokens.make(CLEAN, seq, 0))
         return session.forward(block, seq, mask, rows)
 
-    def masked_block(self, seed: int) -> torch.Tensor:
-        """`[seed, MASK x (B - 1)]`: what every block starts from."""
+    def masked_block(self, known: list[int]) -> torch.Tensor:
+        """`[known..., MASK ...]`, B tokens: what every block starts from (`known` = the pending tokens)."""
         block = torch.full((self.options.block_size,), self.options.mask_id, dtype=torch.long)
-        block[0] = seed
+        block[: len(known)] = torch.tensor(known)
         return block

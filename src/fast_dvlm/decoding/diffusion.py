@@ -10,19 +10,19 @@ from .session import Session
 
 
 class BlockDiffusionDecoder(Decoder):
-    """Each block starts as `[seed, MASK x (B-1)]`. Sub-blocks of S positions are decoded left to
-    right; each pass unmasks every masked position of the current sub-block whose confidence
-    exceeds τ (at least the most confident one). A final causal pass writes the block's keys to
-    the cache and predicts the next block's seed."""
+    """Each block starts as `[seed, MASK x (B-1)]` (or the pending prompt tail, then masks).
+    Sub-blocks of S positions are decoded left to right; each pass unmasks every masked position
+    of the current sub-block whose confidence exceeds τ (at least the most confident one). A final
+    causal pass writes the block's keys to the cache and predicts the next block's seed."""
 
     name = "diffusion"
 
     def step(self, session: Session, budget: int) -> list[int]:
-        size, sub = self.options.block_size, self.options.sub_block_size
-        block = self.masked_block(session.tokens[-1])
+        size, sub, known = self.options.block_size, self.options.sub_block_size, len(session.pending)
+        block = self.masked_block(session.pending)
         # tracked apart from the ids: an unconverted model may predict the mask token's id as a seed
         masked = torch.ones(size, dtype=torch.bool)
-        masked[0] = False
+        masked[:known] = False
         start = session.cache_len
         seq = torch.arange(start, start + size)
         mask = self.block_mask(session, Tokens.make(NOISY, seq, 0))  # the same for every pass of this block
@@ -33,11 +33,11 @@ class BlockDiffusionDecoder(Decoder):
                 rows = slice(max(first - 1, 0), last - 1)
                 logits = self.denoise_logits(session, block, mask, rows)
                 self.unmask(block, masked, logits, first_position=rows.start + 1)
-                done = self.finished_early(block, masked, budget)
+                done = self.finished_early(block, masked, known, budget)
                 if done is not None:
                     return done
         next_seed = int(self.causal_logits(session, block, rows=slice(-1, None))[0].argmax())
-        return block[1:].tolist() + [next_seed]
+        return block[known:].tolist() + [next_seed]
 
     def unmask(
         self, block: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor, first_position: int
@@ -58,11 +58,13 @@ class BlockDiffusionDecoder(Decoder):
         block[span][chosen] = prediction[chosen]
         masked[span] &= ~chosen
 
-    def finished_early(self, block: torch.Tensor, masked: torch.Tensor, budget: int) -> list[int] | None:
-        """The tokens after the seed, if no more passes are needed: the first `budget` are known, or
-        a stop token is known with nothing masked before it."""
+    def finished_early(
+        self, block: torch.Tensor, masked: torch.Tensor, pending: int, budget: int
+    ) -> list[int] | None:
+        """The tokens after the `pending` ones, if no more passes are needed: the first `budget` are
+        known, or a stop token is known with nothing masked before it."""
         first_masked = int(masked.nonzero()[0]) if masked.any() else block.shape[0]
-        known = block[1:first_masked].tolist()
+        known = block[pending:first_masked].tolist()
         if len(known) >= budget:
             return known[:budget]
         stop_at = self.first_stop(known)

@@ -5,6 +5,12 @@ ones) has rotary position `i + position_offset` in every row. The offset is 0 fo
 M-RoPE it is what the image grids shifted text positions by, so decoding continues exactly where
 the prompt's 3-row position ids left off.
 
+Blocks. The session records a block id for every cached position, for the block-causal clean
+stream (Fast-dLLM v2): a causal prompt gives each position its own id, each kept pass one more id.
+`pending` holds the known tokens of the block being decoded that are not cached yet: the seed
+(the last committed token), or, with blocks aligned to absolute positions, the prompt's last partial
+block.
+
 With `use_cache=False` the session keeps no KV cache: every pass recomputes the whole prefix
 (prompt and every token a cached pass would have kept) causally. It is slow and exists so tests can
 check that the cache holds exactly what a fresh causal pass would compute.
@@ -18,12 +24,16 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..diffusion.attention import CLEAN, Tokens, additive_mask, attention_allowed
+from ..errors import FastDVLMError
 from ..models.family import Family, LMInputs
 
 
 class Session:
-    def __init__(self, model: PreTrainedModel, family: Family, use_cache: bool = True) -> None:
+    def __init__(
+        self, model: PreTrainedModel, family: Family, use_cache: bool = True, clean_attention: str = "causal"
+    ) -> None:
         self.family = family
+        self.clean_attention = clean_attention
         self.text_model = family.language_model(model)
         self.lm_head = family.lm_head(model)
         self.embed_tokens = model.get_input_embeddings()
@@ -34,7 +44,10 @@ class Session:
         self.position_offset = 0
         self.prompt_len = 0
         self.tokens: list[int] = []  # committed answer tokens; the last one is not in the cache yet
+        self.pending: list[int] = []  # known tokens from the current block's start, not cached yet
+        self.blocks = torch.empty(0, dtype=torch.long)  # block id of each cached position, non-decreasing
         self.nfe = 0  # every language-model pass, prefill included
+        self.prefill_nfe = 0
 
     @property
     def cache_len(self) -> int:
@@ -43,14 +56,47 @@ class Session:
             return self.cache.get_seq_length()
         return self.prefix.inputs_embeds.shape[1]
 
-    def prefill(self, inputs: LMInputs) -> torch.Tensor:
-        """Causal pass over the whole prompt (vision included) into the cache; logits of its last position."""
-        self.prompt_len = inputs.inputs_embeds.shape[1]
+    def prefill(
+        self, inputs: LMInputs, prompt_ids: torch.Tensor | None = None, aligned_block: int | None = None
+    ) -> torch.Tensor | None:
+        """Run the prompt (vision included) into the cache; the logits of its last position.
+
+        `aligned_block=B` (Fast-dLLM v2) aligns blocks to absolute positions: only the prompt's
+        complete blocks are prefilled, block-causally; its last partial block (`prompt_ids` tail)
+        becomes `pending`, the known start of the first answer block, and None is returned (the
+        first answer token is decoded inside that block).
+        """
+        self.prompt_len = length = inputs.inputs_embeds.shape[1]
         self.position_offset = int(inputs.position_ids.max()) + 1 - self.prompt_len
-        hidden = self._run(inputs.inputs_embeds, inputs.position_ids, None, inputs.extra)
+        full, block_ids = length, torch.arange(length)  # causal: every position its own block
+        if aligned_block is not None:
+            full = length // aligned_block * aligned_block
+            block_ids = torch.arange(full) // aligned_block
+            self.pending = prompt_ids[full:].tolist()
+            if inputs.extra or not torch.equal(
+                inputs.inputs_embeds[0, full:], self.embed_tokens(prompt_ids[full:])
+            ):
+                raise FastDVLMError("absolute block alignment needs a text-only prompt tail")
+        prefix = LMInputs(inputs.inputs_embeds[:, :full], inputs.position_ids[..., :full], inputs.extra)
         if not self.use_cache:
-            self.prefix = inputs
-        return self.lm_head(hidden[0, -1:])[0]
+            self.prefix = prefix
+        if full == 0:
+            return None
+        mask = None
+        if aligned_block is not None:
+            tokens = Tokens.make(CLEAN, torch.arange(full), block_ids)
+            mask = additive_mask(attention_allowed(tokens, tokens, "block-causal"), self.dtype)
+        hidden = self._run(prefix.inputs_embeds, prefix.position_ids, mask, prefix.extra)
+        self.prefill_nfe = 1
+        self.blocks = block_ids
+        return None if self.pending else self.lm_head(hidden[0, -1:])[0]
+
+    def cached_tokens(self, length: int | None = None) -> Tokens:
+        """The first `length` cached positions as clean tokens. Block ids are shifted below zero, so
+        every token of a new pass (block 0 upward) counts as later than all of them."""
+        length = self.cache_len if length is None else length
+        shift = int(self.blocks.max()) + 1 if self.blocks.numel() else 0
+        return Tokens.make(CLEAN, torch.arange(length), self.blocks[:length] - shift)
 
     def forward(
         self,
@@ -73,6 +119,8 @@ class Session:
             hidden = self._run(embeds, positions, attention_mask, {})
         else:
             hidden = self._recompute(embeds, positions, attention_mask)
+        next_id = int(self.blocks.max()) + 1 if self.blocks.numel() else 0
+        self.blocks = torch.cat([self.blocks, torch.full((token_ids.shape[0],), next_id)])
         return self.lm_head(hidden[0, logits_rows])
 
     def rollback(self, keep: int) -> None:
@@ -82,6 +130,7 @@ class Session:
             raise ValueError(f"cannot roll back to {keep}: only {self.cache_len} positions are cached")
         if drop == 0:
             return
+        self.blocks = self.blocks[:keep]
         if self.use_cache:
             self.cache.crop(-drop)  # transformers 5.x: a negative count of positions to drop
         else:
@@ -107,10 +156,12 @@ class Session:
     ) -> torch.Tensor:
         """No-cache pass: run [prefix | new] from scratch; the causal prefix never sees the new tokens."""
         p, n = self.cache_len, embeds.shape[1]
-        new_tokens = Tokens.make(CLEAN, torch.arange(p, p + n), 0)
+        cached, new_tokens = self.cached_tokens(), Tokens.make(CLEAN, torch.arange(p, p + n), 0)
         if mask is None:
-            mask = additive_mask(attention_allowed(new_tokens, Tokens.cached(p) + new_tokens), self.dtype)
-        prefix_rows = additive_mask(attention_allowed(Tokens.cached(p), Tokens.cached(p + n)), self.dtype)
+            mask = additive_mask(attention_allowed(new_tokens, cached + new_tokens), self.dtype)
+        prefix_rows = additive_mask(
+            attention_allowed(cached, cached + new_tokens, self.clean_attention), self.dtype
+        )
         full_mask = torch.cat([prefix_rows, mask], dim=2)  # [1, 1, p + n, p + n]
         full_embeds = torch.cat([self.prefix.inputs_embeds, embeds], dim=1)
         full_positions = torch.cat([self.prefix.position_ids, positions], dim=-1)

@@ -20,7 +20,7 @@ import torch
 from ..diffusion.attention import CLEAN, NOISY, Tokens
 from .base import Decoder
 from .session import Session
-from .spec_linear import accepted_length
+from .spec_linear import accepted_length, draft_and_verify
 
 
 class SpecQuadraticDecoder(Decoder):
@@ -32,8 +32,11 @@ class SpecQuadraticDecoder(Decoder):
 
     def step(self, session: Session, budget: int) -> list[int]:
         size = self.options.block_size
-        if self.draft is None or int(self.draft[0]) != session.tokens[-1]:
-            self.draft = self.masked_block(session.tokens[-1])
+        if len(session.pending) > 1:  # a pending prompt tail: its first block is drafted linearly
+            self.draft = None
+            return draft_and_verify(self, session)
+        if self.draft is None or int(self.draft[0]) != session.pending[0]:
+            self.draft = self.masked_block(session.pending)
             self.draft[1:] = self.denoise_logits(session, self.draft).argmax(-1)
         start = session.cache_len
         tokens, ids = self.layout(start, size)

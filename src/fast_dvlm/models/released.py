@@ -6,7 +6,9 @@ Two kinds are known (config `model_type`):
   top level, and adds block-diffusion fields (`bd_size`, `block_length`, ...). Token-causal clean
   stream, so it decodes exactly like a model fast-dvlm converted itself.
 - `Fast_dLLM_Qwen` (Fast_dLLM_v2_1.5B / 7B): text-only Qwen2 with flat fields and `bd_size`. It was
-  trained with a block-causal clean stream, so it decodes with the block-causal variant.
+  trained with a block-causal clean stream over blocks aligned to absolute positions, so it decodes
+  with that variant: block-causal prefill of the prompt's full blocks, its tail decoded inside the
+  first answer block.
 
 Each is mapped onto a transformers class (weights loaded by its own key conversion, `lm_head` tied
 to the embeddings when absent) and our decoding settings, read from the checkpoint. A missing piece
@@ -76,6 +78,7 @@ def open_released(path: Path, config: dict[str, Any], dtype: torch.dtype) -> tup
     settings = DiffusionSettings(
         block_size=next((int(config[f]) for f in BLOCK_FIELDS if config.get(f)), 32),
         clean_attention="causal" if kind == "fast_dvlm" else "block-causal",
+        block_alignment="answer" if kind == "fast_dvlm" else "absolute",
     )
     settings.write_to(model.config)
     return model, processor, family.name
