@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
 from .errors import FastDVLMError
@@ -138,14 +138,25 @@ class DiffusionVLM:
         mode: str,
         options: DecodeOptions,
         use_cache: bool = True,
-    ) -> tuple[Decoder, Session, torch.Tensor]:
+    ) -> tuple[Decoder, Session, torch.Tensor | None]:
         """Validate, encode and prefill: everything before the first decoding step."""
         decoder = make_decoder(mode, options)
         batch = encode_prompt(self.processor, prompt, images)
+        return (decoder, *self.prefill(batch, mode, options, use_cache))
+
+    def prefill(
+        self, batch: BatchFeature, mode: str, options: DecodeOptions, use_cache: bool = True
+    ) -> tuple[Session, torch.Tensor | None]:
+        """A new session with the encoded prompt in its cache, and the prefill's first-token logits
+        (None when blocks are aligned to absolute positions and the prompt's tail is pending)."""
         session = Session(self.model, self.family, use_cache, options.clean_attention)
-        aligned = options.block_size if self.settings.block_alignment == "absolute" and mode != "ar" else None
-        first_logits = session.prefill(self.family.embed(self.model, batch), batch["input_ids"][0], aligned)
-        return decoder, session, first_logits
+        absolute = self.settings.block_alignment == "absolute" and mode != "ar"
+        first_logits = session.prefill(
+            self.family.embed(self.model, batch),
+            batch["input_ids"][0],
+            options.block_size if absolute else None,
+        )
+        return session, first_logits
 
     @torch.inference_mode()
     def stream(

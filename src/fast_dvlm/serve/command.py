@@ -1,0 +1,94 @@
+"""`fast-dvlm serve`: its arguments and what it runs. FastAPI and uvicorn are imported only when the
+command runs, so the rest of the CLI works without the `serve` extra."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import subprocess
+
+from ..errors import FastDVLMError
+
+ENGINES = ("fast-dvlm", "sglang")
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    from ..decoding import DECODERS
+
+    serve = commands.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server with block-wise streaming",
+        description="Serve one model at /v1/chat/completions (OpenAI chat format, images as data: URLs or "
+        "allowed local paths; stream=true sends each committed block), /v1/models and /health. One "
+        "engine thread decodes one request at a time; the others wait in a bounded queue.",
+    )
+    serve.add_argument("--model", required=True, help="checkpoint directory, demo, or tiny:FAMILY")
+    serve.add_argument(
+        "--engine", choices=ENGINES, default="fast-dvlm", help="fast-dvlm (CPU/GPU) or sglang (GPU)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder whose images requests may name by local path (repeat; default: none)",
+    )
+    serve.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default: 16)")
+    serve.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: 300)")
+    serve.add_argument(
+        "--max-pixels", type=int, default=16_777_216, help="largest image, in pixels (default: 4096x4096)"
+    )
+    serve.add_argument(
+        "--mode",
+        default=None,
+        choices=list(DECODERS),
+        help="decoding mode of requests that name none (default: spec-linear, lossless; sglang: diffusion)",
+    )
+    serve.add_argument(
+        "--max-tokens", type=int, default=512, help="answer cap of requests that set none (default: 512)"
+    )
+    serve.set_defaults(run=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    if args.engine == "sglang":
+        serve_with_sglang(args)
+        return
+    try:
+        from .app import ServeConfig, create_app
+        from .runner import run
+    except ImportError as exc:
+        raise FastDVLMError(
+            f"serving needs the serve extra ({exc.name} is missing): pip install 'fast-dvlm[serve]'"
+        ) from None
+    from ..vlm import load
+
+    config = ServeConfig(
+        model_name=args.model,
+        mode=args.mode or ServeConfig.mode,
+        max_tokens=args.max_tokens,
+        allowed_dirs=tuple(args.allow_path),
+        queue_size=args.queue_size,
+        timeout=args.timeout,
+        max_pixels=args.max_pixels,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(create_app(load(args.model), config), args.host, args.port)
+
+
+def serve_with_sglang(args: argparse.Namespace) -> None:
+    """Run SGLang's server on the converted model, in the foreground."""
+    import torch
+
+    from ..integrations.sglang import sglang_command
+
+    if importlib.util.find_spec("sglang") is None or not torch.cuda.is_available():
+        raise FastDVLMError(
+            "SGLang serving needs the sglang extra and a CUDA GPU (pip install 'fast-dvlm[sglang]'); "
+            "without them use --engine fast-dvlm"
+        )
+    command = sglang_command(args.model, mode=args.mode or "diffusion", host=args.host, port=args.port)
+    raise SystemExit(subprocess.call(command))
