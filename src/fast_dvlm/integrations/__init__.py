@@ -1,0 +1,1 @@
+"""Glue to other systems: SGLang serving (`sglang`), lmms-eval (`lmms_eval`)."""
