@@ -65,9 +65,13 @@ def read_items(split_file: str | Path, per_task: int | None = None) -> list[Item
         if per_task is not None and counts[task] >= per_task:
             continue
         counts[task] += 1
-        question = record["conversations"][0]["value"].replace("<image>\n", "")
-        items.append(Item(task, question, record["key"], split_file.parent / record["image"]))
+        items.append(Item(task, first_question(record), record["key"], split_file.parent / record["image"]))
     return items
+
+
+def first_question(record: dict) -> str:
+    """The question a split record asks about its image, without the image placeholder."""
+    return record["conversations"][0]["value"].replace("<image>\n", "")
 
 
 def score_answers(
