@@ -145,13 +145,24 @@ def test_missing_pieces_give_one_clear_error(tmp_path):
         fast_dvlm.load(tmp_path / "no-tokenizer")
 
 
-def test_fp8_release_without_quantisation_support_names_what_is_missing(tmp_path):
-    fast_dllm_v2_replica(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "float-quantized"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(FastDVLMError, match="FP8"):
-        fast_dvlm.load(tmp_path)
+def test_fp8_release_opens_through_the_quantisation_path(dvlm_dir, tmp_path, images):
+    """The FP8 variant: compressed-tensors weights under the released config, emulated on CPU."""
+    from fast_dvlm.quant import FP8Linear, quantize, save_quantized
+
+    source = dvlm_dir[0]
+    quantised = quantize(fast_dvlm.load(source), "fp8-w8a8", emulate=True)
+    save_quantized(quantised, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    released = json.loads((source / "config.json").read_text())
+    released["quantization_config"] = saved["quantization_config"]
+    (tmp_path / "config.json").write_text(json.dumps(released))
+
+    vlm = fast_dvlm.load(tmp_path)
+    assert vlm.family.name == "qwen2_5_vl" and vlm.settings.block_size == 8
+    assert any(isinstance(m, FP8Linear) for m in vlm.model.modules())
+    for mode in ("ar", "spec-linear"):
+        expected = quantised.generate("Describe it.", images[:1], mode, max_new_tokens=12).token_ids
+        assert vlm.generate("Describe it.", images[:1], mode, max_new_tokens=12).token_ids == expected, mode
 
 
 def v2_reference(

@@ -95,8 +95,7 @@ class DiffusionVLM:
         except json.JSONDecodeError as exc:
             raise FastDVLMError(f"{config_file} is not valid JSON: {exc}") from None
         if released_kind(config):
-            model, processor, family_name = open_released(path, config, dtype)
-            return cls(model, processor, get_family(family_name))
+            return open_released(path, config, dtype)
         family = get_family(config.get("model_type") or "<missing model_type>")
         if is_fp8_checkpoint(config):  # FP8 weights: emulated FP8 linear layers, on any device
             return load_quantized(path, family, dtype)

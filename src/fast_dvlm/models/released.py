@@ -12,14 +12,15 @@ Two kinds are known (config `model_type`):
 
 Each is mapped onto a transformers class (weights loaded by its own key conversion, `lm_head` tied
 to the embeddings when absent) and our decoding settings, read from the checkpoint. A missing piece
-is one clear error naming what is missing.
+is one clear error naming what is missing. The FP8 release (compressed-tensors) opens through
+`fast_dvlm.quant`, emulated on CPU.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -34,9 +35,11 @@ from transformers import (
 )
 
 from ..errors import FastDVLMError
-from ..settings import DiffusionSettings
 from .qwen_text import TextProcessor
 from .registry import get_family
+
+if TYPE_CHECKING:
+    from ..vlm import DiffusionVLM
 
 RELEASED_MASK_TOKEN = "|<MASK>|"
 BLOCK_FIELDS = ("bd_size", "block_length", "block_size")  # where a released config may keep B
@@ -49,15 +52,11 @@ def released_kind(config: dict[str, Any]) -> str | None:
     return kind if kind in ("fast_dvlm", "Fast_dLLM_Qwen") else None
 
 
-def open_released(path: Path, config: dict[str, Any], dtype: torch.dtype) -> tuple[PreTrainedModel, Any, str]:
-    """Model, processor and family name for a released checkpoint in `path`."""
+def open_released(path: Path, config: dict[str, Any], dtype: torch.dtype) -> DiffusionVLM:
+    """A released checkpoint in `path` as a `DiffusionVLM` (its FP8 variant through `fast_dvlm.quant`)."""
+    from ..vlm import DiffusionVLM
+
     kind = released_kind(config)
-    if config.get("quantization_config"):
-        method = config["quantization_config"].get("quant_method", "unknown")
-        raise FastDVLMError(
-            f"{path} is an FP8 ({method}) release of {kind}: opening it needs fast-dvlm's quantisation "
-            "support (`pip install fast-dvlm[quant]`); or use the unquantised release"
-        )
     tokenizer = released_tokenizer(path)
     if kind == "fast_dvlm":
         family = get_family("qwen2_5_vl")
@@ -74,14 +73,21 @@ def open_released(path: Path, config: dict[str, Any], dtype: torch.dtype) -> tup
         if tokenizer.chat_template is None:
             tokenizer.chat_template = family.chat_template
         processor = TextProcessor(tokenizer)
-    model = load_weights(family.model_class, path, model_config, dtype, kind)
-    settings = DiffusionSettings(
-        block_size=next((int(config[f]) for f in BLOCK_FIELDS if config.get(f)), 32),
-        clean_attention="causal" if kind == "fast_dvlm" else "block-causal",
-        block_alignment="answer" if kind == "fast_dvlm" else "absolute",
-    )
-    settings.write_to(model.config)
-    return model, processor, family.name
+    tie_head_if_absent(model_config, path)
+    if config.get("quantization_config"):
+        from ..quant import load_quantized
+
+        model_config.quantization_config = config["quantization_config"]
+        vlm = load_quantized(path, family, dtype, model_config, processor)
+    else:
+        vlm = DiffusionVLM(
+            load_weights(family.model_class, path, model_config, dtype, kind), processor, family
+        )
+    vlm.settings.block_size = next((int(config[f]) for f in BLOCK_FIELDS if config.get(f)), 32)
+    vlm.settings.clean_attention = "causal" if kind == "fast_dvlm" else "block-causal"
+    vlm.settings.block_alignment = "answer" if kind == "fast_dvlm" else "absolute"
+    vlm.settings.write_to(vlm.model.config)
+    return vlm
 
 
 def vl_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -111,7 +117,9 @@ def released_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 
 
 def image_processor(path: Path) -> Qwen2VLImageProcessor:
-    if (path / "preprocessor_config.json").is_file():
+    """The saved image processor (`preprocessor_config.json` or inside `processor_config.json`), else
+    Qwen2.5-VL's defaults."""
+    if any((path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
         return Qwen2VLImageProcessor.from_pretrained(path, local_files_only=True)
     return Qwen2VLImageProcessor()
 
@@ -121,9 +129,6 @@ def load_weights(
 ) -> PreTrainedModel:
     """The weights through transformers' own loader (it maps older key layouts); a missing tensor other
     than a tied `lm_head` is an error, not a silently random layer."""
-    config.tie_word_embeddings = config.tie_word_embeddings or not has_tensor(path, "lm_head.weight")
-    if hasattr(config, "text_config"):
-        config.text_config.tie_word_embeddings = config.tie_word_embeddings
     try:
         model, info = model_class.from_pretrained(
             path, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
@@ -136,6 +141,13 @@ def load_weights(
             f"{path} claims {kind} but lacks {len(missing)} weight(s), e.g. {', '.join(missing[:3])}"
         )
     return model.eval()
+
+
+def tie_head_if_absent(config: Any, path: Path) -> None:
+    """A checkpoint without `lm_head.weight` shares it with the embeddings."""
+    config.tie_word_embeddings = config.tie_word_embeddings or not has_tensor(path, "lm_head.weight")
+    if hasattr(config, "text_config"):
+        config.text_config.tie_word_embeddings = config.tie_word_embeddings
 
 
 def has_tensor(path: Path, name: str) -> bool:

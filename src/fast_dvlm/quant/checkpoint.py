@@ -10,7 +10,7 @@ each language-model Linear that has a scale becomes an emulated `FP8Linear`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
@@ -42,12 +42,17 @@ def save_quantized(vlm: DiffusionVLM, path: str | Path) -> None:
     vlm.processor.save_pretrained(path)
 
 
-def load_quantized(path: Path, family: Family, dtype: torch.dtype = torch.float32) -> DiffusionVLM:
-    """Open a compressed-tensors FP8 checkpoint with emulated FP8 linear layers (runs on CPU)."""
+def load_quantized(
+    path: Path, family: Family, dtype: torch.dtype = torch.float32, config: Any = None, processor: Any = None
+) -> DiffusionVLM:
+    """Open a compressed-tensors FP8 checkpoint with emulated FP8 linear layers (runs on CPU).
+
+    `config` and `processor` replace the ones saved in `path` where those need translating first
+    (the authors' released FP8 checkpoint)."""
     from ..vlm import DiffusionVLM
 
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = config or AutoConfig.from_pretrained(path, local_files_only=True)
         quant_config = dict(config.quantization_config)
         scheme = scheme_of(quant_config)
         del (
@@ -61,7 +66,7 @@ def load_quantized(path: Path, family: Family, dtype: torch.dtype = torch.float3
         model = family.model_class.from_pretrained(None, config=config, state_dict=tensors, dtype=dtype)
         if (path / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(path)
-        processor = family.load_processor(path)
+        processor = processor or family.load_processor(path)
     except (OSError, ValueError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FastDVLMError(f"cannot load the FP8 checkpoint in {path}: {first_line}") from exc
