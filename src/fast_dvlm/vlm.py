@@ -148,6 +148,7 @@ class DiffusionVLM:
     ) -> tuple[Session, torch.Tensor | None]:
         """A new session with the encoded prompt in its cache, and the prefill's first-token logits
         (None when blocks are aligned to absolute positions and the prompt's tail is pending)."""
+        batch = batch.to(self.model.device)
         session = Session(self.model, self.family, use_cache, options.clean_attention)
         absolute = self.settings.block_alignment == "absolute" and mode != "ar"
         first_logits = session.prefill(
@@ -213,7 +214,7 @@ class DiffusionVLM:
     ) -> GenerationOutput:
         """The reference: transformers' own greedy `generate` on the same prompt (one pass per token)."""
         start = time.perf_counter()
-        batch = encode_prompt(self.processor, prompt, images)
+        batch = encode_prompt(self.processor, prompt, images).to(self.model.device)
         out = self.model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(self.stop_ids)
         )

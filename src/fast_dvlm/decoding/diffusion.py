@@ -51,7 +51,7 @@ class BlockDiffusionDecoder(Decoder):
         candidates = masked[span]
         logits = logits.clone()
         logits[:, self.options.mask_id] = float("-inf")  # never "unmask" into the mask token
-        confidence, prediction = logits.softmax(-1).max(-1)
+        confidence, prediction = (t.cpu() for t in logits.softmax(-1).max(-1))
         confidence = torch.where(candidates, confidence, torch.tensor(-1.0))
         chosen = candidates & (confidence > self.options.threshold)
         chosen[confidence.argmax()] = True  # progress: at least the most confident one

@@ -38,6 +38,7 @@ class Session:
         self.lm_head = family.lm_head(model)
         self.embed_tokens = model.get_input_embeddings()
         self.dtype = self.embed_tokens.weight.dtype
+        self.device = self.embed_tokens.weight.device  # ids, positions and masks move here; logits stay
         self.use_cache = use_cache
         self.cache = DynamicCache(config=family.text_config(model)) if use_cache else None
         self.prefix: LMInputs | None = None  # without a cache: everything a cache would hold
@@ -112,6 +113,7 @@ class Session:
         Returns the logits of `logits_rows` only: the output head is a large share of a pass, so
         callers ask for the rows they read.
         """
+        token_ids, seq_index = token_ids.to(self.device), seq_index.to(self.device)
         embeds = self.embed_tokens(token_ids)[None]  # [1, n, D]
         rows = self.family.position_rows
         positions = (seq_index + self.position_offset).view(1, 1, -1).expand(rows, 1, -1)
@@ -144,7 +146,7 @@ class Session:
         out = self.text_model(
             inputs_embeds=embeds,
             position_ids=self.family.lm_position_ids(positions),
-            attention_mask=mask,
+            attention_mask=None if mask is None else mask.to(self.device),
             past_key_values=self.cache,
             use_cache=self.use_cache,
             **extra,

@@ -37,13 +37,13 @@ class SpecQuadraticDecoder(Decoder):
             return draft_and_verify(self, session)
         if self.draft is None or int(self.draft[0]) != session.pending[0]:
             self.draft = self.masked_block(session.pending)
-            self.draft[1:] = self.denoise_logits(session, self.draft).argmax(-1)
+            self.draft[1:] = self.denoise_logits(session, self.draft).argmax(-1).cpu()
         start = session.cache_len
         tokens, ids = self.layout(start, size)
         ids[:size] = self.draft
         logits = session.forward(ids, tokens.pos, self.block_mask(session, tokens))
-        ar = logits[:size].argmax(-1)  # [B]; ar[j] follows d_j
-        redrafts = logits[size:].argmax(-1).view(size, size - 1)  # group j's drafts after ar[j]
+        ar = logits[:size].argmax(-1).cpu()  # [B]; ar[j] follows d_j
+        redrafts = logits[size:].argmax(-1).cpu().view(size, size - 1)  # group j's drafts after ar[j]
         accepted = accepted_length(self.draft, ar) + 1  # d_0 .. d_{accepted-1} are exact
         session.rollback(start + accepted)
         committed = self.draft[1:accepted].tolist() + [int(ar[accepted - 1])]

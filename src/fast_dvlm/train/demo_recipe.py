@@ -22,7 +22,7 @@ from ..models.family import TinySize
 from ..models.tiny import build_tiny_model
 from ..vlm import DiffusionVLM
 from .config import TrainConfig
-from .trainer import convert
+from .trainer import LOG_FILE, convert
 from .vision_pretrain import pretrain_vision
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -69,13 +69,12 @@ def tokenizer_corpus(train_file: Path) -> list[str]:
 def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: bool = True) -> dict[str, Path]:
     recipe = recipe or DemoRecipe()
     workdir = Path(workdir)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
     data = workdir / "data"
     if not (data / "train.json").exists():
+        started = time.perf_counter()
         per_task = {"train": recipe.train_per_task, "val": recipe.eval_per_task, "test": recipe.eval_per_task}
         build_splits(data, per_task, recipe.image_size)
-    timings["data_s"] = time.perf_counter() - started
+        (data / "build_seconds.json").write_text(json.dumps(time.perf_counter() - started))
 
     init = workdir / "init"
     if not (init / "config.json").exists():
@@ -84,7 +83,6 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
         )
         DiffusionVLM(model, processor).save_pretrained(init)
 
-    mark = time.perf_counter()
     vision = workdir / "vision"
     if not (vision / "model.safetensors").exists():
         vlm = DiffusionVLM.from_pretrained(init)
@@ -94,9 +92,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
         )  # fmt: skip
         vlm.save_pretrained(vision)
         (vision / "pretrain.json").write_text(json.dumps(report, indent=1))
-    timings["vision_pretraining_s"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
     ar = workdir / "ar"
     if not (ar / "model.safetensors").exists():
         config = TrainConfig(
@@ -110,9 +106,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
             recipe={"alpha_diffusion": 0.0, "beta_ar": 1.0, "anneal_block_size": False},
         )
         convert(vision, data / "train.json", ar, config)
-    timings["ar_training_s"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
     converted = workdir / "converted"
     if not (converted / "model.safetensors").exists():
         config = TrainConfig(
@@ -125,7 +119,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
             seed=recipe.seed + 1,
         )
         convert(ar, data / "train.json", converted, config)
-    timings["conversion_s"] = time.perf_counter() - mark
+    timings = stage_minutes(workdir)
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe) | {"timings": timings}, indent=1))
 
     if export:
@@ -133,6 +127,26 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
             export_fp16(source, ASSETS / name)
             write_model_card(ASSETS / name, name, mode, recipe, timings, data / "test.json")
     return {"data": data, "ar": ar, "converted": converted}
+
+
+def stage_minutes(workdir: Path) -> dict[str, float]:
+    """Minutes each stage took, from what the stages recorded (so a resumed recipe still counts
+    every step it trained, over all its runs)."""
+
+    def training(folder: Path) -> float:
+        log = folder / LOG_FILE
+        return (
+            sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()) if log.exists() else 0.0
+        )
+
+    minutes = {
+        "vision pre-training": json.loads((workdir / "vision" / "pretrain.json").read_text())["seconds"],
+        "AR training": training(workdir / "ar"),
+        "conversion": training(workdir / "converted"),
+    }
+    if (workdir / "data" / "build_seconds.json").exists():
+        minutes = {"data": json.loads((workdir / "data" / "build_seconds.json").read_text())} | minutes
+    return {stage: seconds / 60 for stage, seconds in minutes.items()}
 
 
 def write_model_card(
@@ -150,7 +164,7 @@ def write_model_card(
     mean = sum(s.summary()["accuracy"] for s in scores.values()) / len(scores)
     params = sum(p.numel() for p in vlm.model.parameters())
     stage = "AR base, trained from scratch" if name == "demo-ar" else "converted with the direct recipe"
-    hours = {k: f"{v / 60:.1f} min" for k, v in timings.items()}
+    hours = ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in timings.items())
     (folder / "README.md").write_text(
         f"""# fast-dvlm {name}: tiny Qwen2.5-VL-architecture VLM ({stage})
 
