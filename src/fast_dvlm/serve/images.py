@@ -60,6 +60,11 @@ class ImagePolicy:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(source) as image:
                     self._check_size(image, param)
+                    image.verify()  # a truncated file fails here even where a library (lmms-eval does)
+                    # has set PIL's global LOAD_TRUNCATED_IMAGES, which makes load() pad it silently
+                if isinstance(source, io.BytesIO):
+                    source.seek(0)
+                with Image.open(source) as image:
                     image.load()
                     return image.convert("RGB")
         except APIError:
