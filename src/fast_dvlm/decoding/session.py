@@ -92,12 +92,16 @@ class Session:
         self.blocks = block_ids
         return None if self.pending else self.lm_head(hidden[0, -1:])[0]
 
+    @property
+    def next_block(self) -> int:
+        """The block id a newly cached pass gets (ids never decrease, so the last one is the largest)."""
+        return int(self.blocks[-1]) + 1 if self.blocks.numel() else 0
+
     def cached_tokens(self, length: int | None = None) -> Tokens:
         """The first `length` cached positions as clean tokens. Block ids are shifted below zero, so
         every token of a new pass (block 0 upward) counts as later than all of them."""
         length = self.cache_len if length is None else length
-        shift = int(self.blocks.max()) + 1 if self.blocks.numel() else 0
-        return Tokens.make(CLEAN, torch.arange(length), self.blocks[:length] - shift)
+        return Tokens.make(CLEAN, torch.arange(length), self.blocks[:length] - self.next_block)
 
     def forward(
         self,
@@ -121,8 +125,7 @@ class Session:
             hidden = self._run(embeds, positions, attention_mask, {})
         else:
             hidden = self._recompute(embeds, positions, attention_mask)
-        next_id = int(self.blocks.max()) + 1 if self.blocks.numel() else 0
-        self.blocks = torch.cat([self.blocks, torch.full((token_ids.shape[0],), next_id)])
+        self.blocks = torch.cat([self.blocks, torch.full((token_ids.shape[0],), self.next_block)])
         return self.lm_head(hidden[0, logits_rows])
 
     def rollback(self, keep: int) -> None:
