@@ -4,8 +4,11 @@ SGLang glue (its canvas logic here; its registration only where the pinned SGLan
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +26,7 @@ from fast_dvlm.quant import FP8Linear, quantize, save_quantized
 from fast_dvlm.quant.fp8 import E4M3, fake_quantize, row_scales
 from fast_dvlm.quant.fp8 import quantize as quantize_tensor
 from fast_dvlm.quant.quantize import language_model_linears
+from fast_dvlm.settings import DiffusionSettings
 
 from .conftest import TEST_SIZE
 
@@ -376,29 +380,141 @@ def test_sglang_command_line():
         sglang_command("runs/m", mode="spec-linear")
 
 
-def test_sglang_glue_registers_against_the_pinned_version():
-    try:
-        import sglang
-        from sglang.srt.dllm.algorithm import algo_name_to_cls
-        from sglang.srt.dllm.algorithm.base import DllmAlgorithm
-        from sglang.srt.dllm.config import DllmConfig
-        from sglang.srt.models.registry import ModelRegistry
-        from sglang.srt.plugins.hook_registry import HookRegistry
-    except ImportError as exc:
+# --- the glue against the real SGLang: only where it is installed (its imports need no GPU) -------
+
+SGLANG_CPU_SETUP = (
+    "python -m venv --system-site-packages V && V/bin/pip install --no-deps sglang==0.5.23 pybase64 "
+    "msgspec pyzmq apache-tvm-ffi gguf partial_json_parser"
+)
+
+
+def sglang_args(argv: list[str]) -> Any:
+    """`ServerArgs` from SGLang's own command-line parser (unknown flags fail), for the part after `-m X`."""
+    from sglang.srt.server_args import prepare_server_args
+
+    assert argv[1:3] == ["-m", "sglang.launch_server"] and importlib.util.find_spec(argv[2]) is not None
+    return prepare_server_args(argv[3:])
+
+
+@pytest.fixture(scope="module")
+def sglang_plugin() -> None:
+    """fast-dvlm's plugin found through its entry point and run by SGLang's `load_plugins`, as every
+    SGLang process does at start."""
+    if importlib.util.find_spec("sglang") is None:
         pytest.skip(
-            f"SGLang {SGLANG_VERSION} is not importable here ({exc}); it needs CUDA: "
-            "pip install 'fast-dvlm[sglang]' on a GPU machine"
+            f"SGLang {SGLANG_VERSION} is not installed; to check the glue against it on CPU: "
+            f"{SGLANG_CPU_SETUP}, then V/bin/python -m pytest tests/test_quant.py -k sglang"
         )
-    from fast_dvlm.integrations import sglang_dllm
+    from sglang.srt.dllm.config import DllmConfig
+    from sglang.srt.plugins import GENERAL_PLUGINS_GROUP, load_plugins, load_plugins_by_group
+
     from fast_dvlm.integrations.sglang import register
 
-    assert sglang.__version__ == SGLANG_VERSION
+    assert load_plugins_by_group(GENERAL_PLUGINS_GROUP)["fast_dvlm"][0] is register
     original = DllmConfig.__dict__["from_server_args"]
-    register()
-    HookRegistry.apply_hooks()
-    assert DllmConfig.__dict__["from_server_args"] is not original
+    load_plugins()
+    hooked = DllmConfig.__dict__["from_server_args"]
+    assert isinstance(hooked, staticmethod) and hooked.__func__.__wrapped__ is original.__func__
+
+
+@pytest.fixture(scope="module")
+def sglang_checkpoint(
+    sglang_plugin: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, DiffusionSettings]:
+    """A converted, FP8-quantised checkpoint whose block settings are not fast-dvlm's defaults."""
+    vlm = quantize(fresh_vlm(), "fp8-w8a8", emulate=True)
+    vlm.settings.block_size, vlm.settings.sub_block_size, vlm.settings.threshold = 16, 4, 0.8
+    path = tmp_path_factory.mktemp("sglang") / "model"
+    save_quantized(vlm, path)
+    return path, vlm.settings
+
+
+def test_sglang_resolves_fast_dvlms_algorithm_and_model_class(sglang_plugin):
+    import sglang
+    from sglang.srt.dllm.algorithm import get_algorithm_cls
+    from sglang.srt.dllm.algorithm.base import DllmAlgorithm
+    from sglang.srt.models import qwen2_5_vl
+    from sglang.srt.models.registry import ModelRegistry
+
+    from fast_dvlm.integrations import sglang_dllm
+
+    assert sglang.__version__ == SGLANG_VERSION
     for name in SGLANG_ALGORITHMS.values():
-        assert issubclass(algo_name_to_cls[name], DllmAlgorithm) and algo_name_to_cls[name].__name__ == name
-    model_class = ModelRegistry.models[sglang_dllm.ARCHITECTURE]
+        algorithm = get_algorithm_cls(name)
+        assert algorithm in sglang_dllm.ALGORITHMS and issubclass(algorithm, DllmAlgorithm)
+        assert algorithm.__name__ == name and algorithm.requires_separate_context_encoding
+    model_class, architecture = ModelRegistry.resolve_model_cls([sglang_dllm.ARCHITECTURE])
     assert model_class is sglang_dllm.Qwen2_5_VLForConditionalGeneration
-    assert model_class.__name__ == sglang_dllm.ARCHITECTURE
+    assert architecture == model_class.__name__ == sglang_dllm.ARCHITECTURE  # SGLang matches by name
+    assert issubclass(model_class, qwen2_5_vl.Qwen2_5_VLForConditionalGeneration)
+
+
+def test_sglang_reads_block_size_and_mask_id_from_a_converted_checkpoint(sglang_checkpoint, tmp_path):
+    from sglang.srt.arg_groups.overrides import resolving_view
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.dllm.algorithm import get_algorithm
+    from sglang.srt.dllm.config import DllmConfig
+
+    from fast_dvlm.integrations.sglang_dllm import FastDVLMDiffusion
+
+    path, settings = sglang_checkpoint
+    server_args = sglang_args(sglang_command(path))
+    config = DllmConfig.from_server_args(server_args)
+    mask = settings.mask_token_id
+    assert (config.algorithm, config.block_size, config.mask_id) == ("FastDVLMDiffusion", 16, mask)
+    assert config.algorithm_config == {"sub_block_size": 4, "threshold": 0.8}
+    assert config.requires_separate_context_encoding and config.max_running_requests == 1
+    algorithm = get_algorithm(config)
+    options = algorithm.decoder.options
+    assert (
+        isinstance(algorithm, FastDVLMDiffusion) and algorithm.block_size == 16 and algorithm.mask_id == mask
+    )
+    assert (options.block_size, options.sub_block_size, options.threshold) == (16, 4, 0.8)
+    assert options.mask_id == mask
+    assert ModelConfig.from_server_args(server_args).quantization == "compressed-tensors"
+
+    overrides = tmp_path / "algorithm.yaml"  # --dllm-algorithm-config wins over the checkpoint
+    overrides.write_text("block_size: 8\nthreshold: 0.5\n")
+    command = sglang_command(path, port=31000, algorithm_config=overrides, extra_args=["--device", "cpu"])
+    server_args = sglang_args(command)
+    server_args.resolve_once()  # SGLang's launch-time resolution: it sizes KV pages by the dLLM block
+    view = resolving_view(server_args)
+    assert (view.port, view.dllm_algorithm_config, view.page_size) == (31000, str(overrides), 8)
+    config = DllmConfig.from_server_args(server_args)
+    expected = {"sub_block_size": 4, "threshold": 0.5, "block_size": 8}
+    assert (config.block_size, config.algorithm_config) == (8, expected)
+
+
+def test_sglang_hook_leaves_other_checkpoints_and_algorithms_to_sglang(sglang_checkpoint, tmp_path):
+    from sglang.srt.dllm.config import DllmConfig
+    from sglang.srt.server_args import prepare_server_args
+
+    path, _ = sglang_checkpoint
+    assert DllmConfig.from_server_args(prepare_server_args(["--model-path", str(path)])) is None  # not a dLLM
+    theirs = sglang_args(sglang_command(path, extra_args=["--dllm-algorithm", "LowConfidence"]))
+    with pytest.raises(
+        ValueError, match="fast-dvlm checkpoints decode with --dllm-algorithm FastDVLMDiffusion"
+    ):
+        DllmConfig.from_server_args(theirs)
+    config = json.loads((path / "config.json").read_text())
+    del config["fast_dvlm"]  # a plain Qwen2.5-VL: SGLang's own table has no diffusion settings for it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match="Unknown diffusion LLM: Qwen2_5_VLForConditionalGeneration"):
+        DllmConfig.from_server_args(sglang_args(sglang_command(tmp_path)))
+
+
+def test_sglang_serve_launches_a_command_line_sglang_parses(sglang_checkpoint, monkeypatch):
+    from sglang.srt.arg_groups.overrides import resolving_view
+
+    from fast_dvlm.serve import command as serve_command
+
+    path, _ = sglang_checkpoint
+    launched: list[list[str]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no server starts: the call is caught
+    monkeypatch.setattr(serve_command.subprocess, "call", lambda argv: launched.append(argv) or 0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--engine", "sglang", "--model", str(path), "--port", "31000"])
+    monkeypatch.undo()
+    assert exit_.value.code == 0 and launched == [sglang_command(path, port=31000)]
+    view = resolving_view(sglang_args(launched[0]))
+    assert (view.model_path, view.dllm_algorithm, view.port) == (str(path), "FastDVLMDiffusion", 31000)

@@ -141,28 +141,37 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: str | Path) -> None:
-    """Accuracy vs tokens/s per mode, and the distribution of tokens committed per decoding step."""
+    """Left: accuracy against speed-up over hf generate, one marker per mode (a legend, not labels
+    that collide). Right: tokens per forward pass (tokens/NFE) for short and long answers, the one
+    unit every mode shares (a diffusion block and a draft-verify step are not comparable steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, m in result["modes"].items():
-        left.scatter(m["tokens_per_s"], m["accuracy"], s=40)
-        left.annotate(
-            label, (m["tokens_per_s"], m["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8
-        )
-    left.set(xlabel="tokens/s (all tasks)", ylabel="accuracy, mean over tasks (%)", title="Accuracy vs speed")
-    for label, accepted in result["accepted_per_step"].items():
-        if accepted and max(accepted) > 1:
-            right.hist(accepted, bins=range(1, max(accepted) + 2), histtype="step", label=label, density=True)
-    right.set(
-        xlabel="tokens committed per decoding step", ylabel="share of steps", title="Tokens accepted per step"
-    )
+    labels = list(result["modes"])
+    markers = "os^vD<>pPX*h"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for k, label in enumerate(labels):
+        m = result["modes"][label]
+        left.scatter(m["speedup_vs_hf_generate"], m["accuracy"], s=60, marker=markers[k % len(markers)],
+                     label=f"{label}: {m['accuracy']:.1f}%, {m['speedup_vs_hf_generate']:.2f}x")  # fmt: skip
+    left.set(xlabel="speed-up over transformers generate (tokens/s ratio)",
+             ylabel="accuracy, mean over tasks (%)", title="Accuracy vs speed")  # fmt: skip
+    left.legend(fontsize=7, loc="best")
+    width = 0.4
+    for offset, group in ((-width / 2, "short"), (width / 2, "long")):
+        values = [
+            result["groups"].get(group, {}).get(label, {}).get("tokens_per_nfe", 0.0) for label in labels
+        ]
+        bars = right.bar([k + offset for k in range(len(labels))], values, width, label=f"{group} answers")
+        right.bar_label(bars, fmt="%.2f", fontsize=7)
+    right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    right.set(ylabel="tokens per forward pass (tokens/NFE)", title="Tokens per forward pass")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def write_json(result: dict, path: str | Path) -> None:

@@ -18,13 +18,20 @@ compressed-tensors `quantization_config` itself. On a GPU:
 pass that returns full logits inside a block step, which SGLang 0.5.23's dLLM runner lacks (its
 canvas passes are bidirectional, its causal passes return last-token logits only).
 
-What has run (CPU only: SGLang needs CUDA): the canvas logic (`sglang_canvas`), in tests; once, by
-hand, `register` against the 0.5.23 wheel's own Python code (GPU-only imports stubbed): the hook, the
-algorithm table and the model registry take the entries, the hooked `DllmConfig` reads block size and
-mask id from a fast-dvlm checkpoint, and 0.5.23's `DllmAlgorithm.run` (sync and FDFO) driving
-`FastDVLMDiffusion` with canvas passes computed by fast-dvlm reproduced the engine's `diffusion` tokens.
-Never run: a GPU server, the model class's forward, attention and M-RoPE positions on SGLang's canvas.
-`tests/test_quant.py` checks registration against the pinned SGLang when it is installed.
+What has run, on CPU: the canvas logic (`sglang_canvas`), in tests; and, in `tests/test_quant.py`
+whenever SGLang is installed, `register` against the real 0.5.23 wheel with nothing stubbed. Serving
+needs CUDA, but SGLang's Python imports on CPU in a venv beside the project's packages:
+
+    python -m venv --system-site-packages V
+    V/bin/pip install --no-deps sglang==0.5.23 pybase64 msgspec pyzmq apache-tvm-ffi gguf partial_json_parser
+
+There SGLang's own `load_plugins` finds and runs this plugin, `get_algorithm_cls` and the model
+registry resolve its entries, the hooked `DllmConfig` reads block size and mask id from a converted
+(FP8) checkpoint, also through SGLang's launch-time argument resolution (`--device cpu`), and
+`sglang_command`'s flags parse with SGLang's own parser. Once, by hand (GPU-only imports stubbed),
+0.5.23's `DllmAlgorithm.run` (sync and FDFO) driving `FastDVLMDiffusion` with canvas passes computed
+by fast-dvlm reproduced the engine's `diffusion` tokens. Never run: a GPU server, the model class's
+forward, attention and M-RoPE positions on SGLang's canvas.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Three pieces, each as small as SGLang's dLLM support allows:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -24,6 +25,11 @@ from sglang.srt.models import qwen2_5_vl
 
 from ..settings import DiffusionSettings
 from .sglang_canvas import canvas_decoder, denoise_step, start_canvas
+
+if TYPE_CHECKING:
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
+    from sglang.srt.server_args import ServerArgs
 
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 
@@ -43,10 +49,13 @@ class FastDVLMDiffusion(DllmAlgorithm):
         super().__init__(config)
         self.decoder = canvas_decoder(config.mask_id, config.block_size, config.algorithm_config)
 
-    def _block_start_list(self, forward_batch) -> list[int]:
+    def _block_start_list(self, forward_batch: ForwardBatch) -> list[int]:
+        """Where each canvas's new tokens start: at 0, the seed is new output too."""
         return [0] * forward_batch.batch_size  # no committed tokens on the canvas
 
-    def prepare_inputs(self, model_runner, forward_batch, states: list[Any]) -> None:
+    def prepare_inputs(
+        self, model_runner: ModelRunner, forward_batch: ForwardBatch, states: list[Any]
+    ) -> None:
         """A request's first pass: write `[seed, MASK x (B-1)]` over SGLang's placeholder canvas."""
         canvases = forward_batch.input_ids.view(-1, self.block_size)
         for i, rid in enumerate(forward_batch.rids):
@@ -55,7 +64,8 @@ class FastDVLMDiffusion(DllmAlgorithm):
                 canvas, states[i] = start_canvas(seed, self.decoder, canvases.device)
                 canvases[i].copy_(canvas)
 
-    def step(self, forward_batch, full_logits: torch.Tensor, states: list[Any]) -> list[bool]:
+    def step(self, forward_batch: ForwardBatch, full_logits: torch.Tensor, states: list[Any]) -> list[bool]:
+        """One bidirectional pass's unmasking on every canvas; True where nothing is masked any more."""
         canvases = forward_batch.input_ids.view(-1, self.block_size)  # in place: SGLang feeds it back
         logits = full_logits.view(canvases.shape[0], self.block_size, -1)
         return [denoise_step(self.decoder, canvases[i], states[i], logits[i]) for i in range(len(states))]
@@ -64,7 +74,9 @@ class FastDVLMDiffusion(DllmAlgorithm):
 ALGORITHMS = (FastDVLMDiffusion,)  # by name in sglang.SGLANG_ALGORITHMS
 
 
-def dllm_config(original, server_args) -> DllmConfig | None:
+def dllm_config(
+    original: Callable[[ServerArgs], DllmConfig | None], server_args: ServerArgs
+) -> DllmConfig | None:
     """`DllmConfig.from_server_args`, also for fast-dvlm checkpoints (an AROUND hook on it)."""
     cfg = resolving_view(server_args)
     if cfg.dllm_algorithm is None:
@@ -84,7 +96,10 @@ def dllm_config(original, server_args) -> DllmConfig | None:
     algorithm_config = {"sub_block_size": settings.sub_block_size, "threshold": settings.threshold}
     if cfg.dllm_algorithm_config is not None:
         with open(cfg.dllm_algorithm_config) as f:
-            algorithm_config |= yaml.safe_load(f) or {}
+            overrides = yaml.safe_load(f) or {}
+        if not isinstance(overrides, dict):
+            raise ValueError("The dLLM algorithm config must be a YAML mapping")  # as SGLang says it
+        algorithm_config |= overrides
     return DllmConfig(
         algorithm=cfg.dllm_algorithm,
         algorithm_config=algorithm_config,
@@ -100,14 +115,22 @@ class Qwen2_5_VLForConditionalGeneration(qwen2_5_vl.Qwen2_5_VLForConditionalGene
     """SGLang's Qwen2.5-VL under its own name (so SGLang's multimodal processor and architecture
     lists apply); unchanged unless the checkpoint carries fast-dvlm settings."""
 
-    def __init__(self, config, quant_config=None, prefix: str = "") -> None:
+    def __init__(self, config: Any, quant_config: Any = None, prefix: str = "") -> None:
         super().__init__(config, quant_config=quant_config, prefix=prefix)
         self.is_fast_dvlm = DiffusionSettings.from_config(config).mask_token_id is not None
         self.fast_dvlm_seeds: dict[str, int] = {}  # request id -> next-token prediction of its context pass
         if self.is_fast_dvlm:
             self.logits_processor.return_full_logits = True  # read on canvas (DLLM_EXTEND) passes only
 
-    def forward(self, input_ids, positions, forward_batch, *args, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        forward_batch: ForwardBatch,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """SGLang's forward; on a fast-dvlm context (causal extend) pass, also keep each request's seed."""
         out = super().forward(input_ids, positions, forward_batch, *args, **kwargs)
         mode = forward_batch.forward_mode
         logits = getattr(out, "next_token_logits", None)
