@@ -275,6 +275,25 @@ def test_spec_linear_on_the_quantised_model_is_its_own_greedy_ar(quantised, imag
         assert len(ar.token_ids) > 1 and spec.token_ids == ar.token_ids
 
 
+def test_the_server_serves_the_saved_checkpoint_with_its_own_answers(quantised, saved):
+    """quantise -> save -> `fast_dvlm.load` -> serve: the OpenAI endpoint answers what the in-memory
+    quantised model decodes, in AR and in a self-speculative mode."""
+    from fast_dvlm.serve.app import ServeConfig, create_app
+    from fast_dvlm.serve.load import client_for
+    from fast_dvlm.serve.runner import serving_in_background
+
+    prompt = "What colour is the shape?"
+    with serving_in_background(create_app(fast_dvlm.load(saved), ServeConfig("fp8", mode="ar"))) as url:
+        for mode in ("ar", "spec-linear"):
+            reply = client_for(url).chat.completions.create(
+                model="fp8", messages=[{"role": "user", "content": prompt}], max_tokens=16,
+                extra_body={"mode": mode},
+            )  # fmt: skip
+            expected = quantised.generate(prompt, mode=mode, max_new_tokens=16)
+            assert reply.usage.completion_tokens == len(expected.token_ids) > 1
+            assert reply.choices[0].message.content == expected.text
+
+
 def test_no_fp8_hardware_means_one_clear_error_naming_emulation(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(quantize_module, "native_fp8_available", lambda: False)
     with pytest.raises(FastDVLMError, match="emulate=True"):
