@@ -32,6 +32,7 @@ from fast_dvlm.serve.runner import serving_in_background
 
 MAX_PIXELS = 128 * 128
 SHORT = 24  # max_tokens of ordinary requests
+BODY_LIMIT = 64 * 1024  # bytes, on the strict server
 # An answer the tiny model does not end on its own for thousands of tokens: seconds of decoding.
 LONG = {"messages": [{"role": "user", "content": "Write a short story."}], "max_tokens": 3000, "mode": "ar"}
 
@@ -61,7 +62,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def strict_url() -> Iterator[str]:
     """A second server: one waiting slot and a 3-second timeout."""
-    config = ServeConfig("tiny", mode="ar", queue_size=1, timeout=3)
+    config = ServeConfig("tiny", mode="ar", queue_size=1, timeout=3, max_body_bytes=BODY_LIMIT)
     with serving_in_background(create_app(load("tiny:qwen2_5_vl"), config)) as url:
         yield url
 
@@ -357,6 +358,24 @@ def test_timeout_answers_504_and_frees_the_engine(strict_url):
     assert status == 504 and data["error"]["code"] == "timeout"
     wait_idle(strict_url, within=2.0)
     assert ask(strict_url, user(text("hi"))).choices[0].message.content
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_gets_413_and_the_server_keeps_serving(strict_url, chunked):
+    data_url = "data:image/png;base64," + "A" * BODY_LIMIT  # refused before any decoding of it
+    body = json.dumps({"model": "tiny", "messages": user(text("hi"), image(data_url))}).encode()
+    parts = urlsplit(strict_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    if chunked:  # no Content-Length: counted as it arrives
+        pieces = (body[k : k + 4096] for k in range(0, len(body), 4096))
+        connection.request("POST", "/v1/chat/completions", body=pieces, encode_chunked=True)
+    else:
+        connection.request("POST", "/v1/chat/completions", body=body)
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    connection.close()
+    assert response.status == 413 and error["code"] == "body_too_large" and "0.1 MiB" in error["message"]
+    assert ask(strict_url, user(text("hi")), max_tokens=4).usage.completion_tokens == 4
 
 
 def test_full_queue_answers_429_with_retry_after(strict_url):

@@ -19,6 +19,7 @@ from ..decoding import DECODERS, make_decoder
 from ..errors import FastDVLMError
 from ..vlm import DiffusionVLM
 from .access_log import RequestLog
+from .body_limit import BodyLimit
 from .engine import Engine, Event, Failed, Finished, Job, Piece, Work
 from .errors import APIError, install_error_handlers
 from .images import ImagePolicy
@@ -36,9 +37,10 @@ class ServeConfig:
     queue_size: int = 16  # requests waiting behind the running one
     timeout: float = 300.0  # seconds from entering the queue to the last token
     max_pixels: int = 16_777_216  # per image
+    max_body_bytes: int = 64 * 2**20  # a request body, data-URL images included
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "queue_size", "timeout", "max_pixels"):
+        for name in ("max_tokens", "queue_size", "timeout", "max_pixels", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise FastDVLMError(f"{name} must be positive, got {getattr(self, name)}")
         for folder in self.allowed_dirs:
@@ -61,7 +63,8 @@ def create_app(vlm: DiffusionVLM, config: ServeConfig) -> FastAPI:
         await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="fast-dvlm", lifespan=lifespan)
-    app.add_middleware(RequestLog)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestLog)  # outermost: refused bodies are logged too
     install_error_handlers(app)
 
     def prepare(body: ChatRequest) -> Work:

@@ -42,6 +42,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "--max-pixels", type=int, default=16_777_216, help="largest image, in pixels (default: 4096x4096)"
     )
     serve.add_argument(
+        "--max-body-mb", type=float, default=64.0, help="largest request body, images included (default: 64)"
+    )
+    serve.add_argument(
         "--mode",
         default=None,
         choices=list(DECODERS),
@@ -74,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         queue_size=args.queue_size,
         timeout=args.timeout,
         max_pixels=args.max_pixels,
+        max_body_bytes=int(args.max_body_mb * 2**20),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run(create_app(load(args.model), config), args.host, args.port)
