@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .data import get_task
-from .train.demo_recipe import DemoRecipe
+from .data.task import DEMO_SIDE
 from .vlm import GenerationOutput, load
 
 SCENES = ("steps", "chart", "receipt", "map")  # one long answer, three short ones
@@ -22,14 +22,13 @@ def run_demo(
 ) -> None:
     """Decode fresh scenes with the AR base (transformers generate, our ar) and the converted model."""
     console = Console()
-    side = DemoRecipe().image_size
     converted, ar_base = load(model), load(base)
     rng = random.Random(seed)
     console.print(f"[bold]fast-dvlm demo[/bold]: {model} (converted) vs {base} (its AR base), fresh images")
     for task_name in SCENES[:scenes]:
         task = get_task(task_name)
         example = task.make(random.Random(rng.random()), "test")
-        example.image = example.image.resize((side, side), Image.Resampling.LANCZOS)  # as in training
+        example.image = example.image.resize((DEMO_SIDE, DEMO_SIDE), Image.Resampling.LANCZOS)  # as trained
         qa = example.qas[0]
         reference = ar_base.hf_generate(qa.question, [example.image], 128)
         runs: list[tuple[str, GenerationOutput]] = [

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data.build import build_splits
+from ..data.task import DEMO_SIDE
 from ..models.family import TinySize
 from ..models.tiny import build_tiny_model
 from ..vlm import DiffusionVLM
@@ -30,7 +31,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 @dataclass
 class DemoRecipe:
-    image_size: int = 112  # 2x2 = 4 visual tokens: 8x8 patches of 14 px, merged 4x4
+    image_size: int = DEMO_SIDE  # 2x2 = 4 visual tokens: 8x8 patches of 14 px, merged 4x4
     train_per_task: int = 3000
     eval_per_task: int = 60
     vocab_size: int = 1024
@@ -43,7 +44,7 @@ class DemoRecipe:
             intermediate_size=576,
             vision_hidden_size=128,
             vision_layers=4,
-            image_size=112,
+            image_size=DEMO_SIDE,
             spatial_merge=4,  # measured: the LM learns to read 4 rich tokens far sooner than 16
             max_position_embeddings=1024,
         )
