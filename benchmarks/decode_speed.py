@@ -9,6 +9,9 @@ Random weights make drafts poor (tokens/NFE near 1 except where a random model r
 so part 2 shows the engine's overhead per pass, not a converted model's speed-up; see
 `fast-dvlm bench` on the demo model for that.
 
+`--compile` measures `DiffusionVLM.compile()`d models; each mode answers once first, untimed, so
+that compiling is not counted (benchmarks/decode_profile.py compares both in one run).
+
     python benchmarks/decode_speed.py --sizes small medium large --out benchmarks/results/decode_speed
 """
 
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
 from fast_dvlm import DiffusionVLM
-from fast_dvlm.bench.speed import DEFAULT_MODES, compare_modes, pass_cost_ms
+from fast_dvlm.bench.speed import DEFAULT_MODES, compare_modes, pass_cost_ms, run_mode
 from fast_dvlm.models.family import TinySize
 from fast_dvlm.models.tiny import build_tiny_model
 
@@ -46,6 +50,12 @@ def scene(seed: int) -> Image.Image:
 
 def markdown(results: dict) -> str:
     lines = ["## Cost of one pass over a 200-token cache (median ms; ratio to a 1-token pass)", ""]
+    for name, r in results.items():
+        if r.get("compiled"):
+            lines += [
+                f"{name}: compiled with `DiffusionVLM.compile()`, {r['compile_warmup_s']:.0f} s warm-up",
+                "",
+            ]
     lines.append("| model | params | " + " | ".join(f"{n} tok" for n in TOKEN_COUNTS) + " |")
     lines.append("|---|---|" + "---|" * len(TOKEN_COUNTS))
     for name, r in results.items():
@@ -107,9 +117,18 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=3, help="prompts per mode (default: 3)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per prompt and mode (default: 3)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the language models (warm-up untimed)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (default: 2, this machine's cores; use 1 on a shared one)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode_speed"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     prompts = [(f"Describe picture {i} step by step.", [scene(i)]) for i in range(args.prompts)]
     results = {}
@@ -118,8 +137,18 @@ def main() -> None:
         params = sum(p.numel() for p in vlm.family.language_model(vlm.model).parameters())
         params += vlm.family.lm_head(vlm.model).weight.numel()
         print(f"{name}: {params / 1e6:.1f}M language-model parameters", flush=True)
+        warmup_s = 0.0
+        if args.compile:
+            start = time.perf_counter()
+            vlm.compile()
+            for spec in DEFAULT_MODES:
+                run_mode(vlm, spec, *prompts[0], args.max_new_tokens)
+            warmup_s = time.perf_counter() - start
+            print(f"{name}: compiled and warmed up in {warmup_s:.0f} s", flush=True)
         results[name] = {
             "params_m": params / 1e6,
+            "compiled": args.compile,
+            "compile_warmup_s": warmup_s,
             "pass_ms": {str(n): ms for n, ms in pass_cost_ms(vlm, TOKEN_COUNTS).items()},
             "modes": compare_modes(vlm, prompts, DEFAULT_MODES, args.max_new_tokens, args.repeats),
         }

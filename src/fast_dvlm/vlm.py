@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
@@ -50,6 +51,9 @@ class GenerationOutput:
             "tokens_per_nfe": self.tokens_per_nfe,
             "tokens_per_second": self.tokens_per_second,
         }
+
+
+GRAPHS_PER_MODEL = 16  # compiled graphs of one model: 12 measured over every mode and transformers' generate
 
 
 class DiffusionVLM:
@@ -112,6 +116,21 @@ class DiffusionVLM:
         self.settings.write_to(self.model.config)
         self.model.save_pretrained(path)
         self.processor.save_pretrained(path)
+
+    def compile(self, **options: Any) -> DiffusionVLM:
+        """Compile the language model's forward with `torch.compile`, in place (opt-in); returns self.
+
+        Pays where per-layer Python is a large share of a pass (small models, short passes). Shapes
+        are dynamic from the start, since pass and cache lengths change with every pass; the cache's
+        first use, 1-token vs multi-token passes, mask vs no mask and strided (rolled-back) caches
+        still make a dozen graphs over all modes, compiled during the first answers of each mode.
+        They all count against dynamo's recompile limit (8 by default), which every compiled model
+        shares (they enter through the same transformers code), so each call raises it: past it,
+        dynamo quietly runs eager. `options` go to `torch.compile` (e.g. `backend`, `mode`).
+        """
+        torch._dynamo.config.recompile_limit += GRAPHS_PER_MODEL
+        self.family.language_model(self.model).compile(**({"dynamic": True} | options))
+        return self
 
     def decode_options(
         self, max_new_tokens: int, block_size: int | None, sub_block_size: int | None, threshold: float | None
