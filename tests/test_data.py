@@ -57,7 +57,17 @@ def test_splits_are_written_and_never_share_an_image(tmp_path):
         for r in records:
             turns = r["conversations"]
             assert turns[0]["value"].startswith("<image>\n") and turns[0]["from"] == "human"
-            assert r["task"] in TASKS and r["key"]
+            assert (
+                r["task"] in TASKS
+                and r["key"]
+                and r["questions"][0]
+                == {"question": turns[0]["value"].removeprefix("<image>\n"), "key": r["key"]}
+            )  # every question of the scene, the asked ones first, each with a key that scores right
+            asked = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
+            assert [q["question"] for q in r["questions"][: len(asked)]] == asked
+            answers = [t["value"] for t in turns[1::2]]
+            for q, answer in zip(r["questions"], answers, strict=False):  # the asked ones, in order
+                assert TASKS[r["task"]].score(answer, q["key"])
     assert not digests["train"] & digests["test"] and not digests["train"] & digests["val"]
     assert not digests["val"] & digests["test"]
     train = json.loads(paths["train"].read_text())

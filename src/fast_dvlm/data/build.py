@@ -3,7 +3,8 @@
 Every example is seeded by (split, task, index), so a split is the same on every machine. Test
 images are made first, then validation, then training; a training or validation image identical
 to one already in a later-evaluated split is replaced, so no image is shared between splits.
-Some training records ask two or three questions about one image (multi-turn).
+Some training records ask two or three questions about one image (multi-turn); every record also
+lists all the questions its scene has, with their answer keys (vision pre-training reads them).
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ def record(example: Example, image: str, turns: int) -> dict:
         question = f"<image>\n{qa.question}" if k == 0 else qa.question
         conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": qa.answer}]
     first = example.qas[0]
-    return {"image": image, "task": example.task, "key": first.key, "conversations": conversations}
+    questions = [
+        {"question": qa.question, "key": qa.key} for qa in example.qas
+    ]  # all, for vision pre-training
+    return {
+        "image": image, "task": example.task, "key": first.key, "questions": questions,
+        "conversations": conversations,
+    }  # fmt: skip
 
 
 def build_splits(

@@ -33,6 +33,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 class DemoRecipe:
     image_size: int = DEMO_SIDE  # 2x2 = 4 visual tokens: 8x8 patches of 14 px, merged 4x4
     train_per_task: int = 3000
+    multi_turn: float = 0.8  # share of training images asked 2-3 questions: more answers per image encoded
     eval_per_task: int = 60
     vocab_size: int = 1024
     size: TinySize = field(
@@ -50,7 +51,7 @@ class DemoRecipe:
         )
     )
     batch_size: int = 32
-    vision_steps: int = 2500  # stage 0, see vision_pretrain.py
+    vision_steps: int = 3000  # stage 0, see vision_pretrain.py
     vision_lr: float = 1e-3
     ar_steps: int = 2500
     ar_lr: float = 1e-3
@@ -74,7 +75,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
     if not (data / "train.json").exists():
         started = time.perf_counter()
         per_task = {"train": recipe.train_per_task, "val": recipe.eval_per_task, "test": recipe.eval_per_task}
-        build_splits(data, per_task, recipe.image_size)
+        build_splits(data, per_task, recipe.image_size, recipe.multi_turn)
         (data / "build_seconds.json").write_text(json.dumps(time.perf_counter() - started))
 
     init = workdir / "init"

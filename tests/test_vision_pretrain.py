@@ -1,0 +1,46 @@
+"""Stage 0 of the demo recipe: the tower learns under a visual-question head that answers every
+question of each scene from one pass of its image."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from fast_dvlm import DiffusionVLM
+from fast_dvlm.data.build import build_splits
+from fast_dvlm.models.family import TinySize
+from fast_dvlm.models.tiny import build_tiny_model
+from fast_dvlm.train.vision_pretrain import VisionPretrainer, pretrain_vision, read_scenes
+
+
+def test_scenes_list_every_question_and_old_splits_still_read(tmp_path):
+    paths = build_splits(tmp_path, {"train": 2, "val": 1, "test": 1}, 56, progress=False)
+    scenes = read_scenes(paths["train"])
+    records = json.loads(paths["train"].read_text())
+    assert [len(s.questions) for s in scenes] == [len(r["questions"]) for r in records]
+    assert max(len(s.questions) for s in scenes) == 3 and all(s.image.is_file() for s in scenes)
+    for r in records:
+        del r["questions"]  # a split written before the field existed: its first question only
+    paths["train"].write_text(json.dumps(records))
+    old = read_scenes(paths["train"])
+    assert [s.questions for s in old] == [s.questions[:1] for s in scenes]
+
+
+def test_the_head_answers_each_question_and_training_moves_only_the_tower(tmp_path):
+    paths = build_splits(tmp_path, {"train": 3, "val": 1, "test": 1}, 56, progress=False)
+    vlm = DiffusionVLM(*build_tiny_model("qwen2_5_vl", TinySize(image_size=56)))
+    scenes = read_scenes(paths["train"])
+    trainer = VisionPretrainer(vlm, scenes)
+    logits = trainer.logits(scenes[:4])
+    assert logits.shape == (sum(len(s.questions) for s in scenes[:4]), len(trainer.labels))
+    assert trainer.targets(scenes[:4]).shape == logits.shape[:1]
+
+    tower = {n: p.detach().clone() for n, p in vlm.model.model.visual.named_parameters()}
+    language = {n: p.detach().clone() for n, p in vlm.model.model.language_model.named_parameters()}
+    report = pretrain_vision(vlm, paths["train"], paths["val"], 3, 4, 1e-3, progress=False)
+    assert set(report["val_accuracy"]) == {s.task for s in read_scenes(paths["val"])}
+    moved = [n for n, p in vlm.model.model.visual.named_parameters() if not torch.equal(p, tower[n])]
+    assert moved and all(
+        torch.equal(p, language[n]) for n, p in vlm.model.model.language_model.named_parameters()
+    )
