@@ -40,13 +40,14 @@ def record(example: Example, image: str, turns: int) -> dict:
         question = f"<image>\n{qa.question}" if k == 0 else qa.question
         conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": qa.answer}]
     first = example.qas[0]
-    questions = [
-        {"question": qa.question, "key": qa.key} for qa in example.qas
-    ]  # all, for vision pre-training
+    questions = [{"question": qa.question, "key": qa.key} for qa in example.qas]  # for vision pre-training
     return {
-        "image": image, "task": example.task, "key": first.key, "questions": questions,
+        "image": image,
+        "task": example.task,
+        "key": first.key,
+        "questions": questions,
         "conversations": conversations,
-    }  # fmt: skip
+    }
 
 
 def build_splits(

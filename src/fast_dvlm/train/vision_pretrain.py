@@ -30,6 +30,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from ..errors import FastDVLMError
+from ..eval.accuracy import first_question
 from ..vlm import DiffusionVLM
 
 
@@ -51,9 +52,7 @@ def read_scenes(split_file: str | Path, first_only: bool = False) -> list[Scene]
     split_file = Path(split_file)
     scenes = []
     for record in json.loads(split_file.read_text()):
-        listed = record.get("questions") or [
-            {"question": record["conversations"][0]["value"].replace("<image>\n", ""), "key": record["key"]}
-        ]
+        listed = record.get("questions") or [{"question": first_question(record), "key": record["key"]}]
         questions = tuple((q["question"], q["key"]) for q in listed[: 1 if first_only else None])
         scenes.append(Scene(record["task"], split_file.parent / record["image"], questions))
     return scenes
