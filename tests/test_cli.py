@@ -99,3 +99,12 @@ def test_bad_block_settings_are_rejected(checkpoint, capsys):
 def test_help_runs_in_a_fresh_process():
     result = run_cli("generate", "--help")
     assert result.returncode == 0 and "--max-new-tokens" in result.stdout
+
+
+def test_chat_help_and_a_quiet_start():
+    result = run_cli("chat", "--help")
+    assert (
+        result.returncode == 0 and "/image FILE" in result.stdout and "default: spec-linear" in result.stdout
+    )
+    # transformers imports torchao, whose enum registration makes torch warn on every start
+    assert "Enum subclass" not in result.stderr

@@ -1,5 +1,6 @@
 """fast-dvlm: block-diffusion vision-language models, converted from autoregressive ones."""
 
+from . import quiet_dependencies  # noqa: F401  (first: before transformers is imported)
 from .errors import FastDVLMError
 from .vlm import DiffusionVLM, GenerationOutput, load
 

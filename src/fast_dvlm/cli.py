@@ -13,11 +13,11 @@ from .quant.cli import add_quantize_parser
 from .serve.command import add_serve_parser
 
 
-def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+def add_decoding_args(parser: argparse.ArgumentParser, mode: str = "ar") -> None:
     from .decoding import DECODERS
 
     parser.add_argument(
-        "--mode", default="ar", choices=list(DECODERS), help="decoding algorithm (default: ar)"
+        "--mode", default=mode, choices=list(DECODERS), help=f"decoding algorithm (default: {mode})"
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default: 128)")
     parser.add_argument(
@@ -59,9 +59,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from transformers.utils import logging as transformers_logging
+
     from .demo import run_demo
 
+    transformers_logging.disable_progress_bar()  # two tiny local models: a loading bar is only noise
     run_demo(args.model, args.base, seed=args.seed)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from .chat import Conversation, chat
+    from .vlm import load
+
+    Conversation(args.image)  # a bad image fails before the model loads
+    settings = {k: getattr(args, k) for k in ("max_new_tokens", "block_size", "sub_block_size", "threshold")}
+    chat(load(args.model), args.image, args.mode, **settings)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -207,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="seed for the scenes (default: new ones each run)"
     )
     demo.set_defaults(run=cmd_demo)
+
+    talk = commands.add_parser(
+        "chat",
+        help="ask your own questions about an image, turn by turn",
+        description="A conversation about one image in the terminal: each answer is decoded over the "
+        "turns so far. Type /image FILE to switch image, /reset to start over, /quit (or Ctrl-D) to end.",
+    )
+    talk.add_argument("--model", default="demo", help="model name or checkpoint directory (default: demo)")
+    talk.add_argument("--image", required=True, help="the image to ask about")
+    add_decoding_args(talk, mode="spec-linear")
+    talk.set_defaults(run=cmd_chat)
     add_serve_parser(commands)
     add_quantize_parser(commands)
     return parser
