@@ -57,26 +57,54 @@ def sample_seed(seed: int, step: int, index: int) -> int:
 
 
 class Schedule:
-    """Which samples each process trains on at each micro-step, and with which block size."""
+    """Which samples each process trains on at each micro-step, and with which block size.
 
-    def __init__(self, config: TrainConfig, dataset_size: int, rank: int, world: int) -> None:
+    Each epoch is a seeded permutation of the data. With `lengths`, each run of `GROUP` batches of
+    it is sorted by length, cut into batches, and the batches are shuffled again: a batch then pads
+    to a length near its samples' own (measured on the demo data: 59% of padded tokens were real),
+    while every sample still comes once per epoch."""
+
+    GROUP = 16  # batches sorted together
+
+    def __init__(
+        self, config: TrainConfig, dataset_size: int, rank: int, world: int, lengths: list[int] | None = None
+    ) -> None:
         if config.batch_size % world:
             raise FastDVLMError(
                 f"batch_size ({config.batch_size}) must be divisible by the {world} processes"
             )
         self.config, self.size, self.rank, self.world = config, dataset_size, rank, world
         self.per_process = config.batch_size // world
+        self.lengths = lengths
+        self._epoch: tuple[int, list[int]] = (-1, [])
+
+    def order(self, epoch: int) -> list[int]:
+        """The sample order of one epoch (the last one is kept: consecutive steps share an epoch)."""
+        if self._epoch[0] != epoch:
+            generator = torch.Generator().manual_seed(self.config.seed + epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+            if self.lengths is not None:
+                order = self.grouped(order, generator)
+            self._epoch = (epoch, order)
+        return self._epoch[1]
+
+    def grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
+        batch = self.config.batch_size
+        out: list[int] = []
+        for start in range(0, len(order), batch * self.GROUP):
+            run = sorted(order[start : start + batch * self.GROUP], key=lambda i: self.lengths[i])
+            batches = [run[k : k + batch] for k in range(0, len(run), batch)]
+            for b in torch.randperm(len(batches), generator=generator).tolist():
+                out += batches[b]
+        return out
 
     def indices(self, step: int, micro: int) -> list[int]:
-        """This process's share of the global batch of (step, micro), from a seeded permutation per epoch."""
+        """This process's share of the global batch of (step, micro)."""
         position = (step * self.config.grad_accum + micro) * self.config.batch_size
         out = []
         for k in range(self.rank * self.per_process, (self.rank + 1) * self.per_process):
             epoch, offset = divmod(position + k, self.size)
-            order = torch.randperm(
-                self.size, generator=torch.Generator().manual_seed(self.config.seed + epoch)
-            )
-            out.append(int(order[offset]))
+            out.append(self.order(epoch)[offset])
         return out
 
     def stage(self, step: int) -> tuple[int, float]:
@@ -141,7 +169,10 @@ def convert(
     }
     if config.recipe.two_stage:
         datasets[1] = datasets[2].text_only_view()
-    schedule = Schedule(config, len(datasets[2]), accelerator.process_index, accelerator.num_processes)
+    lengths = datasets[2].text_lengths() if config.group_by_length else None
+    schedule = Schedule(
+        config, len(datasets[2]), accelerator.process_index, accelerator.num_processes, lengths
+    )
     if config.gradient_checkpointing:
         vlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     vlm.model.train()
