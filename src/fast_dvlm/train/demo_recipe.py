@@ -55,6 +55,10 @@ class DemoRecipe:
     vision_lr: float = 1e-3
     ar_steps: int = 2500
     ar_lr: float = 1e-3
+    # a second AR cycle (warm-up, cosine) at half the lr: measured on 20 validation items per task,
+    # `ar` accuracy 30.0% after the first cycle and 37.3% after the second
+    ar_restart_steps: int = 2000
+    ar_restart_lr: float = 5e-4
     convert_steps: int = 600
     convert_lr: float = 5e-4
     seed: int = 0
@@ -95,19 +99,19 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
         vlm.save_pretrained(vision)
         (vision / "pretrain.json").write_text(json.dumps(report, indent=1))
 
-    ar = workdir / "ar"
-    if not (ar / "model.safetensors").exists():
-        config = TrainConfig(
-            steps=recipe.ar_steps,
-            batch_size=recipe.batch_size,
-            lr=recipe.ar_lr,
-            warmup_steps=100,
-            weight_decay=0.01,
-            checkpoint_every=250,
-            seed=recipe.seed,
-            recipe={"alpha_diffusion": 0.0, "beta_ar": 1.0, "anneal_block_size": False},
+    first_cycle = workdir / "ar"
+    if not (first_cycle / "model.safetensors").exists():
+        convert(
+            vision,
+            data / "train.json",
+            first_cycle,
+            ar_config(recipe.ar_steps, recipe.ar_lr, recipe.batch_size, recipe.seed),
         )
-        convert(vision, data / "train.json", ar, config)
+    ar = workdir / "ar-restart"
+    if not (ar / "model.safetensors").exists():
+        # any seed unlike the first cycle's, for a new data order
+        config = ar_config(recipe.ar_restart_steps, recipe.ar_restart_lr, recipe.batch_size, recipe.seed + 7)
+        convert(first_cycle, data / "train.json", ar, config)
 
     converted = workdir / "converted"
     if not (converted / "model.safetensors").exists():
@@ -115,7 +119,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
             steps=recipe.convert_steps,
             batch_size=recipe.batch_size,
             lr=recipe.convert_lr,
-            warmup_steps=50,
+            warmup_steps=min(50, recipe.convert_steps // 10),
             weight_decay=0.01,
             checkpoint_every=200,
             seed=recipe.seed + 1,
@@ -131,6 +135,20 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
     return {"data": data, "ar": ar, "converted": converted}
 
 
+def ar_config(steps: int, lr: float, batch_size: int, seed: int) -> TrainConfig:
+    """Plain AR training (no diffusion loss), warm-up then cosine."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=min(100, steps // 10),
+        weight_decay=0.01,
+        checkpoint_every=250,
+        seed=seed,
+        recipe={"alpha_diffusion": 0.0, "beta_ar": 1.0, "anneal_block_size": False},
+    )
+
+
 def stage_minutes(workdir: Path) -> dict[str, float]:
     """Minutes each stage took, from what the stages recorded (so a resumed recipe still counts
     every step it trained, over all its runs)."""
@@ -143,7 +161,7 @@ def stage_minutes(workdir: Path) -> dict[str, float]:
 
     minutes = {
         "vision pre-training": json.loads((workdir / "vision" / "pretrain.json").read_text())["seconds"],
-        "AR training": training(workdir / "ar"),
+        "AR training": training(workdir / "ar") + training(workdir / "ar-restart"),
         "conversion": training(workdir / "converted"),
     }
     if (workdir / "data" / "build_seconds.json").exists():
@@ -174,11 +192,14 @@ Made by `fast-dvlm make-demo --workdir runs/demo` (recipe: `fast_dvlm.train.demo
 
 - {params / 1e6:.1f}M parameters, stored in fp16; {recipe.image_size}-pixel square images
 - data: the 11 procedural tasks of `fast_dvlm.data`, {recipe.train_per_task} training images per task
-  (some with 2-3 questions), {recipe.eval_per_task} validation and {recipe.eval_per_task} test images per task
+  ({recipe.multi_turn:.0%} of them asked 2-3 questions), {recipe.eval_per_task} validation and
+  {recipe.eval_per_task} test images per task
 - vision pre-training (stage 0, `fast_dvlm.train.vision_pretrain`): {recipe.vision_steps} steps of
-  batch {recipe.batch_size}, lr {recipe.vision_lr}
-- AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr};
-  conversion: {recipe.convert_steps} steps of batch {recipe.batch_size}, lr {recipe.convert_lr}
+  batch {recipe.batch_size}, lr {recipe.vision_lr}, every question of each image answered by a small
+  classifier head
+- AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr}, then a second cycle of
+  {recipe.ar_restart_steps} steps at lr {recipe.ar_restart_lr}
+- conversion: {recipe.convert_steps} steps of batch {recipe.batch_size}, lr {recipe.convert_lr}
 - time on 2 CPU cores: {hours}
 
 Test-split accuracy with `{mode}` decoding (mean over tasks: {mean:.1f}%):
