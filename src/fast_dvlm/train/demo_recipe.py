@@ -184,6 +184,7 @@ def write_model_card(
     mean = sum(s.summary()["accuracy"] for s in scores.values()) / len(scores)
     params = sum(p.numel() for p in vlm.model.parameters())
     stage = "AR base, trained from scratch" if name == "demo-ar" else "converted with the direct recipe"
+    split_sizes = f"{recipe.eval_per_task} validation and {recipe.eval_per_task} test images"
     hours = ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in timings.items())
     (folder / "README.md").write_text(
         f"""# fast-dvlm {name}: tiny Qwen2.5-VL-architecture VLM ({stage})
@@ -191,9 +192,8 @@ def write_model_card(
 Made by `fast-dvlm make-demo --workdir runs/demo` (recipe: `fast_dvlm.train.demo_recipe.DemoRecipe`).
 
 - {params / 1e6:.1f}M parameters, stored in fp16; {recipe.image_size}-pixel square images
-- data: the 11 procedural tasks of `fast_dvlm.data`, {recipe.train_per_task} training images per task
-  ({recipe.multi_turn:.0%} of them asked 2-3 questions), {recipe.eval_per_task} validation and
-  {recipe.eval_per_task} test images per task
+- data: the 11 procedural tasks of `fast_dvlm.data`; per task {recipe.train_per_task} training images
+  ({recipe.multi_turn:.0%} of them asked 2-3 questions), {split_sizes}
 - vision pre-training (stage 0, `fast_dvlm.train.vision_pretrain`): {recipe.vision_steps} steps of
   batch {recipe.batch_size}, lr {recipe.vision_lr}, every question of each image answered by a small
   classifier head
