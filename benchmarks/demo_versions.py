@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from fast_dvlm import load
-from fast_dvlm.eval.accuracy import read_items, score_answers
+from fast_dvlm.eval.accuracy import mean_accuracy, read_items, score_answers
 
 ASSET = "src/fast_dvlm/assets"
 
@@ -33,15 +33,14 @@ def weights_at(revision: str, name: str, into: Path) -> Path:
     return into / ASSET / name
 
 
-def mean_accuracy(model: str | Path, split: str, per_task: int | None) -> dict[str, float]:
+def task_accuracy(model: str | Path, split: str, per_task: int | None) -> dict[str, float]:
     vlm = load(model)
     scores = score_answers(
         read_items(split, per_task),
         lambda it: vlm.generate(it.question, [it.image], "ar", 128),
         desc=str(model),
     )
-    accuracy = {task: s.summary()["accuracy"] for task, s in scores.items()}
-    return {"mean": sum(accuracy.values()) / len(accuracy)} | accuracy
+    return {"mean": mean_accuracy(scores)} | {task: s.summary()["accuracy"] for task, s in scores.items()}
 
 
 def main() -> None:
@@ -56,8 +55,8 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=None, help="items per task (default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        old = mean_accuracy(weights_at(args.old_rev, args.model, Path(tmp)), args.split, args.per_task)
-    new = mean_accuracy(args.model, args.split, args.per_task)
+        old = task_accuracy(weights_at(args.old_rev, args.model, Path(tmp)), args.split, args.per_task)
+    new = task_accuracy(args.model, args.split, args.per_task)
     print(f"| task | {args.model} at {args.old_rev} | {args.model} now |\n|---|---|---|")
     for task in new:
         print(f"| {task} | {old[task]:.1f} | {new[task]:.1f} |")

@@ -62,7 +62,7 @@ def test_the_session_survives_bad_input_and_reset_forgets(vlm, picture, images):
         "/quit",
         "x",
     ]
-    chat(vlm, picture, "ar", read=scripted(lines), write=written.append, max_new_tokens=8)
+    chat(vlm, Conversation(picture), "ar", read=scripted(lines), write=written.append, max_new_tokens=8)
     answers = [
         w for k, w in enumerate(written) if k + 1 < len(written) and written[k + 1].startswith("  [ar]")
     ]

@@ -19,6 +19,7 @@ class Conversation:
     """The turns so far about one image, as chat messages."""
 
     def __init__(self, image_path: str) -> None:
+        self.path = image_path
         self.image = load_image(image_path)
         self.messages: Messages = []
 
@@ -34,7 +35,7 @@ class Conversation:
 
 def chat(
     vlm: DiffusionVLM,
-    image_path: str,
+    conversation: Conversation,
     mode: str,
     read: Callable[[str], str] = input,
     write: Callable[[str], None] = print,
@@ -42,8 +43,7 @@ def chat(
 ) -> None:
     """Read questions with `read` until /quit or end of input; write each answer and its speed.
     A bad image or a failed turn prints one error line and the conversation goes on."""
-    conversation = Conversation(image_path)
-    write(f"{HELP}\nasking about {image_path} with mode {mode}")
+    write(f"{HELP}\nasking about {conversation.path} with mode {mode}")
     while True:
         try:
             line = read("you> ").strip()
@@ -56,7 +56,7 @@ def chat(
                 conversation.messages = []
             elif line.startswith("/image"):
                 conversation = Conversation(line.removeprefix("/image").strip())
-                write(f"asking about {line.removeprefix('/image').strip()}")
+                write(f"asking about {conversation.path}")
             elif line.startswith("/"):
                 write(f"unknown command {line.split()[0]}; {HELP}")
             elif line:

@@ -71,9 +71,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .chat import Conversation, chat
     from .vlm import load
 
-    Conversation(args.image)  # a bad image fails before the model loads
+    conversation = Conversation(args.image)  # a bad image fails before the model loads
     settings = {k: getattr(args, k) for k in ("max_new_tokens", "block_size", "sub_block_size", "threshold")}
-    chat(load(args.model), args.image, args.mode, **settings)
+    chat(load(args.model), conversation, args.mode, **settings)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

@@ -86,3 +86,8 @@ def score_answers(
         out = answer(item)
         scores[item.task].add(out, get_task(item.task).score(out.text, item.key))
     return dict(scores)
+
+
+def mean_accuracy(scores: dict[str, TaskScore]) -> float:
+    """Accuracy averaged over tasks (each task counts once, whatever its number of items)."""
+    return sum(s.summary()["accuracy"] for s in scores.values()) / max(len(scores), 1)

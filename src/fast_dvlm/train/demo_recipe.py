@@ -173,7 +173,7 @@ def write_model_card(
     folder: Path, name: str, mode: str, recipe: DemoRecipe, timings: dict, test: Path
 ) -> None:
     """A README next to the weights: how it was made, on what, in how long, and how well it does."""
-    from ..eval.accuracy import read_items, score_answers
+    from ..eval.accuracy import mean_accuracy, read_items, score_answers
 
     vlm = DiffusionVLM.from_pretrained(folder)
     items = read_items(test)
@@ -181,7 +181,7 @@ def write_model_card(
         items, lambda item: vlm.generate(item.question, [item.image], mode, 128), desc=name
     )
     rows = "\n".join(f"| {task} | {s.summary()['accuracy']:.1f} | {s.total} |" for task, s in scores.items())
-    mean = sum(s.summary()["accuracy"] for s in scores.values()) / len(scores)
+    mean = mean_accuracy(scores)
     params = sum(p.numel() for p in vlm.model.parameters())
     stage = "AR base, trained from scratch" if name == "demo-ar" else "converted with the direct recipe"
     split_sizes = f"{recipe.eval_per_task} validation and {recipe.eval_per_task} test images"
