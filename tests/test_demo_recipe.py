@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fast_dvlm import DiffusionVLM
-from fast_dvlm.train.demo_recipe import DemoRecipe, make_demo
+from fast_dvlm.train.demo_recipe import DemoRecipe, export_fp16, make_demo, write_model_card
 
 
 def test_every_stage_runs_and_a_rerun_skips_them(tmp_path):
@@ -27,3 +27,13 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path):
     stamp = (tmp_path / "converted" / "model.safetensors").stat().st_mtime_ns
     make_demo(tmp_path, recipe, export=False)
     assert (tmp_path / "converted" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # the card names the work directory it came from and scores the exported fp16 weights
+    export_fp16(tmp_path / "converted", tmp_path / "export")
+    write_model_card(tmp_path / "export", "demo", "spec-linear", recipe, timings, tmp_path)
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert f"fast-dvlm make-demo --workdir {tmp_path}`" in card
+    rows = [
+        line.split("|")[1:4] for line in card.splitlines() if line.startswith("| ") and "items" not in line
+    ]
+    assert len(rows) == 11 and all(int(items) == 1 for _, _, items in rows)

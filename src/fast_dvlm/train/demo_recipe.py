@@ -131,7 +131,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
     if export:
         for source, name, mode in ((ar, "demo-ar", "ar"), (converted, "demo", "spec-linear")):
             export_fp16(source, ASSETS / name)
-            write_model_card(ASSETS / name, name, mode, recipe, timings, data / "test.json")
+            write_model_card(ASSETS / name, name, mode, recipe, timings, workdir)
     return {"data": data, "ar": ar, "converted": converted}
 
 
@@ -170,13 +170,13 @@ def stage_minutes(workdir: Path) -> dict[str, float]:
 
 
 def write_model_card(
-    folder: Path, name: str, mode: str, recipe: DemoRecipe, timings: dict, test: Path
+    folder: Path, name: str, mode: str, recipe: DemoRecipe, timings: dict, workdir: Path
 ) -> None:
     """A README next to the weights: how it was made, on what, in how long, and how well it does."""
     from ..eval.accuracy import mean_accuracy, read_items, score_answers
 
     vlm = DiffusionVLM.from_pretrained(folder)
-    items = read_items(test)
+    items = read_items(workdir / "data" / "test.json")
     scores = score_answers(
         items, lambda item: vlm.generate(item.question, [item.image], mode, 128), desc=name
     )
@@ -189,7 +189,7 @@ def write_model_card(
     (folder / "README.md").write_text(
         f"""# fast-dvlm {name}: tiny Qwen2.5-VL-architecture VLM ({stage})
 
-Made by `fast-dvlm make-demo --workdir runs/demo` (recipe: `fast_dvlm.train.demo_recipe.DemoRecipe`).
+Made by `fast-dvlm make-demo --workdir {workdir}` (recipe: `fast_dvlm.train.demo_recipe.DemoRecipe`).
 
 - {params / 1e6:.1f}M parameters, stored in fp16; {recipe.image_size}-pixel square images
 - data: the 11 procedural tasks of `fast_dvlm.data`; per task {recipe.train_per_task} training images
