@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -36,7 +36,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.recipe, dict):
-            self.recipe = Recipe(**_known(Recipe, self.recipe, "recipe"))
+            self.recipe = Recipe(**_settings(Recipe, self.recipe, "recipe"))
         positive = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "max_length")
         for name in positive:
             if getattr(self, name) < 1:
@@ -65,14 +65,40 @@ class TrainConfig:
             if not isinstance(values, dict):
                 raise FastDVLMError(f"{path} must hold a mapping of settings")
         values |= {k: v for k, v in overrides.items() if v is not None}
-        return cls(**_known(cls, values, "config"))
+        return cls(**_settings(cls, values, "config"))
 
 
-def _known(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+def _settings(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """`values` checked against the dataclass `cls`: no unknown names, numbers as numbers."""
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise FastDVLMError(
             f"unknown {what} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
-    return values
+    types = get_type_hints(cls)
+    return {name: _number(value, types[name], f"{what} setting {name}") for name, value in values.items()}
+
+
+def _number(value: Any, kind: Any, name: str) -> Any:
+    """`value` as the number a field of type `kind` holds (fields of other types: unchanged).
+
+    PyYAML reads `1e-3` (no dot in the mantissa) as a string and `1000.0` as a float, both meant as
+    numbers; anything that is not a number is one error line rather than a TypeError later."""
+    if kind == tuple[int, ...]:
+        if not isinstance(value, list | tuple):
+            raise FastDVLMError(f"{name} must be a list of whole numbers, got {value!r}")
+        return [_number(v, int, name) for v in value]
+    if kind not in (int, float):
+        return value
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    whole = isinstance(number, int) or (isinstance(number, float) and number.is_integer())
+    if isinstance(number, bool) or not isinstance(number, int | float) or (kind is int and not whole):
+        expected = "a whole number" if kind is int else "a number"
+        raise FastDVLMError(f"{name} must be {expected}, got {value!r}")
+    return kind(number)
