@@ -108,8 +108,8 @@ def measure(model_name: str, scheme: str, dtype: torch.dtype, max_new_tokens: in
         flat.log_softmax(-1), ref_flat.log_softmax(-1), log_target=True, reduction="none"
     )
     same_answers = sum(
-        quantised.generate(q, [image], max_new_tokens=max_new_tokens).token_ids
-        == reference.generate(q, [image], max_new_tokens=max_new_tokens).token_ids
+        quantised.generate(q, [image], "ar", max_new_tokens).token_ids
+        == reference.generate(q, [image], "ar", max_new_tokens).token_ids
         for q, image in items
     )
     unquantised_bytes = checkpoint_bytes(model_name, None, dtype)

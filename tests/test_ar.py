@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fast_dvlm import DiffusionVLM, load
 from fast_dvlm.decoding import StepTrace
+from fast_dvlm.models.tiny import build_tiny_model
 from fast_dvlm.prompt import encode_prompt
+
+from .conftest import TEST_SIZE
 
 PROMPTS = [("What colour is the circle?", 24), ("Count the shapes, then answer.", 7)]
 
@@ -50,6 +54,31 @@ def test_stops_at_first_stop_token_like_generate(tiny_vlms, family_name, images)
         vlm.stop_ids, vlm.model.generation_config.eos_token_id = original
     assert out.token_ids == expected == free_run[: free_run.index(stop) + 1]
     assert out.text == vlm.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+
+
+def test_stop_tokens_are_the_checkpoint_s_own(tmp_path, images):
+    """A checkpoint whose generation config names only <|im_end|>: `ar` decodes on past an
+    <|endoftext|>, as transformers' generate does with that checkpoint's own settings."""
+    model, processor = build_tiny_model("qwen2_5_vl", TEST_SIZE)
+    vlm = DiffusionVLM(model, processor)
+    im_end, eos = processor.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    first = vlm.generate("What is shown?", images[:1], "ar", 1).token_ids[0]
+    head = model.lm_head.weight.data  # not tied to the embeddings: only the predictions change
+    head[[first, eos]] = head[[eos, first]]  # the answer now begins with <|endoftext|>
+    model.generation_config.eos_token_id = im_end
+    vlm.save_pretrained(tmp_path)
+    loaded = load(tmp_path)
+    assert loaded.stop_ids == {im_end}
+    out = loaded.generate("What is shown?", images[:1], "ar", 16)
+    assert out.token_ids[0] == eos and len(out.token_ids) > 1
+    assert out.token_ids == hf_greedy(loaded, "What is shown?", images[:1], 16)
+
+
+def test_stop_tokens_fall_back_to_the_family_s():
+    model, processor = build_tiny_model("qwen2_5_vl", TEST_SIZE)
+    model.generation_config.eos_token_id = None
+    vlm = DiffusionVLM(model, processor)
+    assert vlm.stop_ids == set(processor.tokenizer.convert_tokens_to_ids(list(vlm.family.stop_tokens)))
 
 
 def test_chat_messages_equal_plain_prompt(tiny_vlms, images):

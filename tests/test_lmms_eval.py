@@ -65,6 +65,13 @@ def test_the_entry_point_registers_the_model():
     assert get_model("fast_dvlm") is FastDVLM
 
 
+@pytest.mark.parametrize(
+    "model, mode", [("tiny", "ar"), pytest.param("demo", "spec-linear", marks=WITH_DEMO)]
+)
+def test_the_mode_defaults_to_the_checkpoint_s(model, mode, tiny_path):
+    assert FastDVLM(pretrained=str(tiny_path) if model == "tiny" else model).mode == mode
+
+
 def test_the_task_scores_with_our_scorers(split):
     for record in json.loads(split.read_text()):
         reference = record["conversations"][1]["value"]

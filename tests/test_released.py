@@ -42,6 +42,7 @@ def test_fast_dvlm_loads_with_the_checkpoint_settings(dvlm_dir):
     assert vlm.settings.mask_token_id == vlm.tokenizer.convert_tokens_to_ids(MASK)
     assert (vlm.settings.block_size, vlm.settings.sub_block_size, vlm.settings.threshold) == (8, 8, 0.9)
     assert vlm.settings.clean_attention == "causal"
+    assert vlm.default_mode == "spec-linear"  # the authors' block-diffusion model, not an AR one
 
 
 @pytest.mark.parametrize("block_size", [2, 8])
@@ -67,7 +68,7 @@ def test_fast_dllm_v2_is_text_only_and_block_causal(v2_dir, images):
     path, reference = v2_dir
     vlm = fast_dvlm.load(path)
     assert vlm.family.name == "qwen2" and vlm.settings.clean_attention == "block-causal"
-    assert vlm.settings.block_alignment == "absolute"
+    assert vlm.settings.block_alignment == "absolute" and vlm.default_mode == "spec-linear"
     assert vlm.settings.block_size == 8
     assert vlm.settings.mask_token_id == vlm.tokenizer.convert_tokens_to_ids(MASK)
     assert same_weights(vlm.model, reference)

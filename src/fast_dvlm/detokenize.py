@@ -1,4 +1,5 @@
-"""Committed token ids -> text pieces that are safe to send at once.
+"""Committed token ids -> text pieces that are safe to show at once: what the server streams and
+`DiffusionVLM.stream_text` yields. Special tokens (the stop token) are left out, as in the answer's text.
 
 A byte-level tokenizer can commit half of a character, and a stop string can arrive split over two
 blocks, so each piece holds back a trailing undecodable run and anything that could still become a

@@ -6,3 +6,7 @@ class FastDVLMError(Exception):
 
     The CLI prints its message as a single line and exits non-zero; library callers can catch it.
     """
+
+
+class ContextLengthError(FastDVLMError):
+    """The prompt and the answer cap together need more positions than the model has."""

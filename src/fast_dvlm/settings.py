@@ -47,6 +47,13 @@ class DiffusionSettings:
                 f"block_alignment must be 'answer' or 'absolute', got {self.block_alignment!r}"
             )
 
+    @property
+    def converted(self) -> bool:
+        """Whether the checkpoint was trained to decode blocks: converted with a diffusion loss, or
+        released by the authors. An AR-only run of the same trainer (the demo's AR base) records a
+        recipe too, with `alpha_diffusion` 0."""
+        return bool(self.recipe) and self.recipe.get("recipe", {}).get("alpha_diffusion", 1) > 0
+
     @classmethod
     def from_config(cls, config: Any) -> DiffusionSettings:
         stored = getattr(config, CONFIG_KEY, None) or {}

@@ -14,7 +14,8 @@ import torch
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
-from .errors import FastDVLMError
+from .detokenize import TextStream
+from .errors import ContextLengthError, FastDVLMError
 from .models.family import Family
 from .models.mask_token import add_mask_token
 from .models.registry import family_of, get_family
@@ -79,11 +80,35 @@ class DiffusionVLM:
         return self.processor.tokenizer
 
     def _stop_ids(self) -> frozenset[int]:
+        """The checkpoint's own end tokens (its `generation_config.eos_token_id`, where transformers'
+        `generate` stops too); the family's usual ones only where the checkpoint names none."""
         eos = self.model.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if eos is not None and eos != []:
+            return frozenset(eos if isinstance(eos, list) else [eos])
         vocab = self.tokenizer.get_vocab()
-        ids.update(vocab[t] for t in self.family.stop_tokens if t in vocab)
-        return frozenset(ids)
+        return frozenset(vocab[t] for t in self.family.stop_tokens if t in vocab)
+
+    @property
+    def default_mode(self) -> str:
+        """The mode `mode=None` decodes with, everywhere (API, CLI, chat, server, lmms-eval):
+        lossless `spec-linear` for a converted checkpoint, `ar` for a model never converted."""
+        return "spec-linear" if self.settings.converted else "ar"
+
+    @property
+    def context_length(self) -> int:
+        """The most positions a prompt and its answer may take together."""
+        return self.family.text_config(self.model).max_position_embeddings
+
+    def check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Refuse a prompt whose answer could run past the model's positions, where a model gives
+        garbage without a word."""
+        if prompt_tokens + max_new_tokens > self.context_length:
+            raise ContextLengthError(
+                f"the prompt is {prompt_tokens} tokens and the answer cap allows {max_new_tokens} more, "
+                f"{prompt_tokens + max_new_tokens} in all, over this model's context length of "
+                f"{self.context_length} tokens: shorten the prompt or lower the answer cap "
+                "(max_new_tokens; max_tokens in a chat request)"
+            )
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> DiffusionVLM:
@@ -153,20 +178,21 @@ class DiffusionVLM:
         self,
         prompt: str | Messages,
         images: Sequence[ImageLike] | None,
-        mode: str,
+        mode: str | None,
         options: DecodeOptions,
         use_cache: bool = True,
     ) -> tuple[Decoder, Session, torch.Tensor | None]:
         """Validate, encode and prefill: everything before the first decoding step."""
-        decoder = make_decoder(mode, options)
+        decoder = make_decoder(self.default_mode if mode is None else mode, options)
         batch = encode_prompt(self.processor, prompt, images)
-        return (decoder, *self.prefill(batch, mode, options, use_cache))
+        return (decoder, *self.prefill(batch, decoder.name, options, use_cache))
 
     def prefill(
         self, batch: BatchFeature, mode: str, options: DecodeOptions, use_cache: bool = True
     ) -> tuple[Session, torch.Tensor | None]:
         """A new session with the encoded prompt in its cache, and the prefill's first-token logits
         (None when blocks are aligned to absolute positions and the prompt's tail is pending)."""
+        self.check_context(batch["input_ids"].shape[1], options.max_new_tokens)
         batch = batch.to(self.model.device)
         session = Session(self.model, self.family, use_cache, options.clean_attention)
         absolute = self.settings.block_alignment == "absolute" and mode != "ar"
@@ -182,23 +208,44 @@ class DiffusionVLM:
         self,
         prompt: str | Messages,
         images: Sequence[ImageLike] | None = None,
-        mode: str = "ar",
+        mode: str | None = None,
         max_new_tokens: int = 128,
         block_size: int | None = None,
         sub_block_size: int | None = None,
         threshold: float | None = None,
     ) -> Iterator[list[int]]:
-        """Yield the answer's token ids chunk by chunk, as each decoding step commits them."""
+        """Yield the answer's token ids chunk by chunk, as each decoding step commits them (the last
+        chunk ends with the stop token, as `GenerationOutput.token_ids` does)."""
         options = self.decode_options(max_new_tokens, block_size, sub_block_size, threshold)
         decoder, session, first_logits = self._begin(prompt, images, mode, options)
         yield from decoder.run(session, first_logits)
+
+    def stream_text(
+        self,
+        prompt: str | Messages,
+        images: Sequence[ImageLike] | None = None,
+        mode: str | None = None,
+        max_new_tokens: int = 128,
+        block_size: int | None = None,
+        sub_block_size: int | None = None,
+        threshold: float | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer's text piece by piece as blocks are committed; the pieces join to
+        `generate(...).text` (no special tokens, no half characters), as the server streams it."""
+        text = TextStream(self.tokenizer)
+        chunks = self.stream(prompt, images, mode, max_new_tokens, block_size, sub_block_size, threshold)
+        for chunk in chunks:
+            if piece := text.push(chunk):
+                yield piece
+        if piece := text.flush():
+            yield piece
 
     @torch.inference_mode()
     def generate(
         self,
         prompt: str | Messages,
         images: Sequence[ImageLike] | None = None,
-        mode: str = "ar",
+        mode: str | None = None,
         max_new_tokens: int = 128,
         block_size: int | None = None,
         sub_block_size: int | None = None,
@@ -206,7 +253,8 @@ class DiffusionVLM:
         *,
         use_cache: bool = True,
     ) -> GenerationOutput:
-        """Answer `prompt` (a string, or chat messages) about `images` with decoding algorithm `mode`.
+        """Answer `prompt` (a string, or chat messages) about `images` with decoding algorithm `mode`
+        (None: the model's `default_mode`).
 
         `use_cache=False` recomputes the whole prefix on every pass instead of reading a KV cache:
         slow, and there to check that the cache holds exactly what a fresh pass would compute.
@@ -223,7 +271,7 @@ class DiffusionVLM:
             prefill_nfe=session.prefill_nfe,
             seconds=time.perf_counter() - start,
             prompt_tokens=session.prompt_len,
-            mode=mode,
+            mode=decoder.name,
             trace=list(decoder.trace),
         )
 

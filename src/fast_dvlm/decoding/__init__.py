@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import FastDVLMError
+from ..modes import check_mode
 from .ar import ARDecoder
 from .base import DecodeOptions, Decoder, StepTrace
 from .diffusion import BlockDiffusionDecoder
@@ -16,9 +16,7 @@ DECODERS: dict[str, type[Decoder]] = {
 
 
 def make_decoder(mode: str, options: DecodeOptions) -> Decoder:
-    if mode not in DECODERS:
-        raise FastDVLMError(f"unknown decoding mode {mode!r}; choose one of: {', '.join(DECODERS)}")
-    return DECODERS[mode](options)
+    return DECODERS[check_mode(mode)](options)
 
 
 __all__ = ["DECODERS", "DecodeOptions", "Decoder", "Session", "StepTrace", "make_decoder"]

@@ -39,14 +39,15 @@ class FastDVLM(lmms):
     """A block-diffusion VLM answering lmms-eval requests.
 
     `--model_args`: `pretrained` (a checkpoint directory, `demo` or `tiny:FAMILY`), `mode` (`ar`,
-    `diffusion`, `spec-linear`, `spec-quadratic`), `block_size`, `sub_block_size`, `threshold` (the
-    checkpoint's own settings when left out) and `max_new_tokens` (used where a task sets none).
+    `diffusion`, `spec-linear`, `spec-quadratic`; the checkpoint's `default_mode` when left out),
+    `block_size`, `sub_block_size`, `threshold` (the checkpoint's own settings when left out) and
+    `max_new_tokens` (used where a task sets none).
     """
 
     def __init__(
         self,
         pretrained: str = "demo",
-        mode: str = "spec-linear",
+        mode: str | None = None,
         block_size: int | None = None,
         sub_block_size: int | None = None,
         threshold: float | None = None,
@@ -60,11 +61,11 @@ class FastDVLM(lmms):
         if device not in (None, "cpu"):
             raise FastDVLMError(f"fast_dvlm decodes on the CPU only; got --device {device}")
         self.vlm = load(str(pretrained))
-        self.mode = mode
+        self.mode = mode or self.vlm.default_mode
         self.settings = {"block_size": block_size, "sub_block_size": sub_block_size, "threshold": threshold}
         self.max_new_tokens = max_new_tokens
         # a bad mode or block setting fails here, before lmms-eval loads any task
-        make_decoder(mode, self.vlm.decode_options(max_new_tokens, **self.settings))
+        make_decoder(self.mode, self.vlm.decode_options(max_new_tokens, **self.settings))
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         answers = []

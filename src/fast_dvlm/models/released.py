@@ -86,6 +86,7 @@ def open_released(path: Path, config: dict[str, Any], dtype: torch.dtype) -> Dif
     vlm.settings.block_size = next((int(config[f]) for f in BLOCK_FIELDS if config.get(f)), 32)
     vlm.settings.clean_attention = "causal" if kind == "fast_dvlm" else "block-causal"
     vlm.settings.block_alignment = "answer" if kind == "fast_dvlm" else "absolute"
+    vlm.settings.recipe = {"released": kind}  # converted by the authors' recipe: a block-diffusion model
     vlm.settings.write_to(vlm.model.config)
     return vlm
 

@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
-from ..decoding import DECODERS, make_decoder
+from ..decoding import make_decoder
 from ..errors import FastDVLMError
+from ..modes import check_mode
 from ..vlm import DiffusionVLM
 from .access_log import RequestLog
 from .body_limit import BodyLimit
@@ -31,7 +32,7 @@ CLIENT_GONE = 499  # nginx's "client closed request": logged, never received
 @dataclass(frozen=True)
 class ServeConfig:
     model_name: str
-    mode: str = "spec-linear"  # decoding mode when a request names none
+    mode: str | None = None  # decoding mode when a request names none; None: the model's default_mode
     max_tokens: int = 512  # answer cap when a request sets none
     allowed_dirs: tuple[str | Path, ...] = ()  # where local image paths may point
     queue_size: int = 16  # requests waiting behind the running one
@@ -46,8 +47,8 @@ class ServeConfig:
         for folder in self.allowed_dirs:
             if not Path(folder).is_dir():
                 raise FastDVLMError(f"allowed image folder {folder} is not a folder")
-        if self.mode not in DECODERS:
-            raise FastDVLMError(f"unknown decoding mode {self.mode!r}; choose one of: {', '.join(DECODERS)}")
+        if self.mode is not None:
+            check_mode(self.mode)
 
 
 def create_app(vlm: DiffusionVLM, config: ServeConfig) -> FastAPI:
@@ -72,7 +73,8 @@ def create_app(vlm: DiffusionVLM, config: ServeConfig) -> FastAPI:
         messages = [m.to_chat(images.open, f"messages.{i}") for i, m in enumerate(body.messages)]
         cap = body.answer_cap(config.max_tokens)
         options = vlm.decode_options(cap, body.block_size, body.sub_block_size, body.threshold)
-        return Work(messages, make_decoder(body.mode or config.mode, options), body.stop_strings())
+        decoder = make_decoder(body.mode or config.mode or vlm.default_mode, options)
+        return Work(messages, decoder, body.stop_strings())
 
     @app.get("/health")
     async def health() -> dict:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from ..decoding import Decoder
-from ..errors import FastDVLMError
+from ..detokenize import TextStream
+from ..errors import ContextLengthError, FastDVLMError
 from ..prompt import Messages, encode_prompt
 from ..vlm import DiffusionVLM
-from .detokenize import TextStream
 from .errors import APIError
 
 log = logging.getLogger("fast_dvlm.serve")
@@ -114,7 +114,6 @@ class Job:
 class Engine:
     def __init__(self, vlm: DiffusionVLM, queue_size: int) -> None:
         self.vlm = vlm
-        self.context_length = vlm.family.text_config(vlm.model).max_position_embeddings
         self.busy = False
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._work, name="fast-dvlm-engine", daemon=True)
@@ -163,6 +162,8 @@ class Engine:
                     self._decode(job)
             except APIError as exc:
                 job.emit(Failed(exc))
+            except ContextLengthError as exc:
+                job.emit(Failed(APIError(400, str(exc), "context_length_exceeded", "messages")))
             except (FastDVLMError, ValueError) as exc:  # what the processor or the model rejects in the input
                 job.emit(Failed(APIError(400, f"the model cannot take this input: {exc}", "invalid_input")))
             except Exception as exc:  # the worker must survive anything one request does
@@ -178,15 +179,6 @@ class Engine:
         vlm, work = self.vlm, job.work
         batch = encode_prompt(vlm.processor, work.messages)
         prompt_tokens = batch["input_ids"].shape[1]
-        cap = work.decoder.options.max_new_tokens
-        if prompt_tokens + cap > self.context_length:
-            raise APIError(
-                400,
-                f"this model's context length is {self.context_length} tokens; the messages take "
-                f"{prompt_tokens} and max_tokens asks for {cap} more",
-                "context_length_exceeded",
-                "messages",
-            )
         session, first_logits = vlm.prefill(batch, work.decoder.name, work.decoder.options)
         job.emit(Started())
         text = TextStream(vlm.tokenizer, work.stop)

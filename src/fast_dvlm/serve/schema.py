@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..decoding import DECODERS
+from ..errors import FastDVLMError
+from ..modes import check_mode
 
 
 class Strict(BaseModel):
@@ -92,9 +93,10 @@ class ChatRequest(Strict):
     @field_validator("mode")
     @classmethod
     def known_mode(cls, mode: str | None) -> str | None:
-        if mode is not None and mode not in DECODERS:
-            raise ValueError(f"unknown decoding mode {mode!r}; choose one of: {', '.join(DECODERS)}")
-        return mode
+        try:
+            return None if mode is None else check_mode(mode)
+        except FastDVLMError as exc:
+            raise ValueError(str(exc)) from None  # what pydantic reports as a 400 on this field
 
     def answer_cap(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
