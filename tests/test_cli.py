@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
+from fast_dvlm import DiffusionVLM
 from fast_dvlm.cli import main
+from fast_dvlm.decoding import DECODERS
+from fast_dvlm.models.tiny import build_tiny_model
+from fast_dvlm.modes import MODES
+
+from .conftest import TEST_SIZE
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -103,8 +109,55 @@ def test_help_runs_in_a_fresh_process():
 
 def test_chat_help_and_a_quiet_start():
     result = run_cli("chat", "--help")
-    assert (
-        result.returncode == 0 and "/image FILE" in result.stdout and "default: spec-linear" in result.stdout
-    )
+    assert result.returncode == 0 and "/image FILE" in result.stdout
+    assert "spec-linear for a converted model, ar for one never converted" in " ".join(result.stdout.split())
     # transformers imports torchao, whose enum registration makes torch warn on every start
     assert "Enum subclass" not in result.stderr
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    """`fast-dvlm --help` answers at once: the parser is built from light modules only."""
+    check = "import sys; from fast_dvlm.cli import build_parser; build_parser(); "
+    check += "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+    assert tuple(DECODERS) == MODES  # the light list of modes names every decoder
+
+
+def test_generate_help_names_the_shipped_models(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "demo or demo-ar (the shipped demo models)" in help_text
+    assert "spec-linear for a converted model, ar for one never converted" in help_text
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "serve"])
+def test_an_unknown_mode_is_one_error_line(command, capsys):
+    args = ["--model", "tiny:qwen2_5_vl", "--mode", "turbo"]
+    args += {"generate": ["--prompt", "Hi"], "chat": ["--image", "x.png"], "serve": []}[command]
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "fast-dvlm: error: unknown decoding mode 'turbo'; choose one of: ar, diffusion, spec-linear, "
+        "spec-quadratic\n"
+    )
+
+
+def test_a_prompt_over_the_context_is_one_error_line(checkpoint, capsys):
+    args = ["--model", str(checkpoint), "--prompt", "Hi", "--max-new-tokens", "5000"]
+    assert main(["generate", *args]) == 2
+    err = capsys.readouterr().err  # after transformers' loading bar
+    last = err.splitlines()[-1]
+    assert last.startswith("fast-dvlm: error: the prompt is") and "Traceback" not in err
+    assert "over this model's context length of 4096 tokens" in last
+
+
+def test_generate_defaults_to_the_checkpoint_s_mode(checkpoint, tmp_path, capsys):
+    converted = DiffusionVLM(*build_tiny_model("qwen2_5_vl", TEST_SIZE))
+    converted.settings.recipe = {"recipe": {"alpha_diffusion": 0.5, "beta_ar": 0.5}}
+    converted.save_pretrained(tmp_path)
+    for model, mode in ((checkpoint, "ar"), (tmp_path, "spec-linear")):
+        args = ["--model", str(model), "--prompt", "Hi", "--max-new-tokens", "4", "--json"]
+        assert main(["generate", *args]) == 0
+        assert json.loads(capsys.readouterr().out)["mode"] == mode

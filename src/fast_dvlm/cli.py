@@ -9,15 +9,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import FastDVLMError
+from .modes import DEFAULT_MODE, MODES, check_mode
 from .quant.cli import add_quantize_parser
 from .serve.command import add_serve_parser
 
+MODEL_HELP = (
+    "checkpoint directory, demo or demo-ar (the shipped demo models), or tiny:FAMILY for a random tiny model"
+)
 
-def add_decoding_args(parser: argparse.ArgumentParser, mode: str = "ar") -> None:
-    from .decoding import DECODERS
 
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    """Checked by `main`, not by argparse: a bad mode gets one error line, not a usage dump."""
     parser.add_argument(
-        "--mode", default=mode, choices=list(DECODERS), help=f"decoding algorithm (default: {mode})"
+        "--mode",
+        default=None,
+        metavar="MODE",
+        help=f"decoding algorithm: {', '.join(MODES)} (default: {DEFAULT_MODE})",
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default: 128)")
     parser.add_argument(
@@ -64,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     transformers_logging.disable_progress_bar()  # two tiny local models: a loading bar is only noise
-    run_demo(args.model, args.base, seed=args.seed)
+    run_demo(args.model, args.base, seed=args.seed, repeats=args.repeats, out_dir=args.out)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -73,7 +80,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     conversation = Conversation(args.image)  # a bad image fails before the model loads
     settings = {k: getattr(args, k) for k in ("max_new_tokens", "block_size", "sub_block_size", "threshold")}
-    chat(load(args.model), conversation, args.mode, **settings)
+    chat(load(args.model), conversation, args.mode, echo=not sys.stdin.isatty(), **settings)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -134,9 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate", help="answer one prompt about images", description="Answer one prompt."
     )
-    gen.add_argument(
-        "--model", required=True, help="checkpoint directory, or tiny:FAMILY for a random tiny model"
-    )
+    gen.add_argument("--model", required=True, help=MODEL_HELP)
     gen.add_argument("--prompt", required=True, help="the question or instruction")
     gen.add_argument("--image", action="append", default=[], help="image file (repeat for several images)")
     gen.add_argument("--json", action="store_true", help="print the full result as one JSON object")
@@ -210,14 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the demo model on fresh images, every mode side by side with its AR base",
         description="Draw fresh task images and answer them with the AR base (transformers generate, ar) and "
-        "the converted demo model (spec-linear, spec-quadratic, diffusion): answers, correctness, "
-        "tokens/NFE and speed-up.",
+        "the converted demo model (spec-linear, spec-quadratic, diffusion): each image's path, the "
+        "reference answer, whole answers, correctness, tokens/NFE and speed-up (medians of repeats).",
     )
     demo.add_argument("--model", default="demo", help="converted model (default: the shipped demo)")
     demo.add_argument("--base", default="demo-ar", help="its AR base (default: the shipped demo-ar)")
     demo.add_argument(
         "--seed", type=int, default=None, help="seed for the scenes (default: new ones each run)"
     )
+    demo.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per answer after a warm-up; times are medians (3)"
+    )
+    demo.add_argument("--out", default=None, help="folder for the drawn images (default: a new temporary)")
     demo.set_defaults(run=cmd_demo)
 
     talk = commands.add_parser(
@@ -226,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A conversation about one image in the terminal: each answer is decoded over the "
         "turns so far. Type /image FILE to switch image, /reset to start over, /quit (or Ctrl-D) to end.",
     )
-    talk.add_argument("--model", default="demo", help="model name or checkpoint directory (default: demo)")
+    talk.add_argument("--model", default="demo", help=f"{MODEL_HELP} (default: demo)")
     talk.add_argument("--image", required=True, help="the image to ask about")
-    add_decoding_args(talk, mode="spec-linear")
+    add_decoding_args(talk)
     talk.set_defaults(run=cmd_chat)
     add_serve_parser(commands)
     add_quantize_parser(commands)
@@ -238,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "mode", None) is not None:
+            check_mode(args.mode)
         args.run(args)
     except FastDVLMError as exc:
         print(f"fast-dvlm: error: {exc}", file=sys.stderr)

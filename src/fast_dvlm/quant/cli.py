@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from .config import SCHEMES
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = ("bfloat16", "float16", "float32")  # torch dtype names; torch is imported when the command runs
 
 
 def add_quantize_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +25,7 @@ def add_quantize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dtype",
         default="bfloat16",
-        choices=list(DTYPES),
+        choices=DTYPES,
         help="dtype of what stays in high precision (vision tower, embeddings, lm_head, norms); "
         "the FP8 scales are always float32 (default: bfloat16)",
     )
@@ -40,13 +38,15 @@ def add_quantize_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
+    import torch
+
     from ..vlm import load
     from .checkpoint import save_quantized
     from .quantize import language_model_linears, quantize
 
     vlm = load(args.model)  # in float32: the FP8 codes come from the weights at full precision
     layers = len(language_model_linears(vlm))
-    quantize(vlm, args.scheme, emulate=args.emulate).model.to(DTYPES[args.dtype])
+    quantize(vlm, args.scheme, emulate=args.emulate).model.to(getattr(torch, args.dtype))
     save_quantized(vlm, args.out)
     size = sum(f.stat().st_size for f in Path(args.out).glob("*.safetensors"))
     print(f"{args.out}: {layers} language-model linear layers in FP8 ({args.scheme}), {size / 1e6:.1f} MB")

@@ -9,13 +9,12 @@ import logging
 import subprocess
 
 from ..errors import FastDVLMError
+from ..modes import DEFAULT_MODE, MODES
 
 ENGINES = ("fast-dvlm", "sglang")
 
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
-    from ..decoding import DECODERS
-
     serve = commands.add_parser(
         "serve",
         help="OpenAI-compatible HTTP server with block-wise streaming",
@@ -47,8 +46,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--mode",
         default=None,
-        choices=list(DECODERS),
-        help="decoding mode of requests that name none (default: spec-linear, lossless; sglang: diffusion)",
+        metavar="MODE",
+        help=f"decoding mode of requests that name none: {', '.join(MODES)} (default: {DEFAULT_MODE}; "
+        "sglang: diffusion)",
     )
     serve.add_argument(
         "--max-tokens", type=int, default=512, help="answer cap of requests that set none (default: 512)"
@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     config = ServeConfig(
         model_name=args.model,
-        mode=args.mode or ServeConfig.mode,
+        mode=args.mode,
         max_tokens=args.max_tokens,
         allowed_dirs=tuple(args.allow_path),
         queue_size=args.queue_size,
