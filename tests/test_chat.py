@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from fast_dvlm.chat import Conversation, chat
@@ -79,3 +81,20 @@ def test_a_bad_image_ends_the_command_with_one_line(tmp_path, capsys):
     assert main(["chat", "--image", str(broken)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a valid image file" in err[0]
+
+
+def test_piped_input_reads_as_a_transcript(picture, monkeypatch, capsys):
+    """Piped questions are not shown by the terminal: each is echoed after its prompt, /reset says
+    so, and the output ends with a newline even though input ended at a prompt."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is shown?\n/reset\n"))
+    assert main(["chat", "--model", "tiny:qwen2_5_vl", "--image", picture, "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "with mode ar\nyou> What is shown?\n" in out  # a model never converted: ar by default
+    assert f"you> /reset\nconversation reset: the next question about {picture} starts afresh\n" in out
+    assert out.endswith("you> \n")
+
+
+def test_a_terminal_is_not_echoed(vlm, picture):
+    written: list[str] = []
+    chat(vlm, Conversation(picture), "ar", read=scripted(["/reset"]), write=written.append)
+    assert written[1:] == ["conversation reset: the next question about " + picture + " starts afresh", ""]

@@ -23,7 +23,7 @@ class Conversation:
         self.image = load_image(image_path)
         self.messages: Messages = []
 
-    def ask(self, vlm: DiffusionVLM, question: str, mode: str, **settings: Any) -> GenerationOutput:
+    def ask(self, vlm: DiffusionVLM, question: str, mode: str | None, **settings: Any) -> GenerationOutput:
         content = [{"type": "text", "text": question}]
         if not self.messages:
             content.insert(0, {"type": "image"})
@@ -36,24 +36,33 @@ class Conversation:
 def chat(
     vlm: DiffusionVLM,
     conversation: Conversation,
-    mode: str,
+    mode: str | None = None,
     read: Callable[[str], str] = input,
     write: Callable[[str], None] = print,
+    echo: bool = False,
     **settings: Any,
 ) -> None:
     """Read questions with `read` until /quit or end of input; write each answer and its speed.
-    A bad image or a failed turn prints one error line and the conversation goes on."""
+    A bad image or a failed turn prints one error line and the conversation goes on.
+
+    `echo` writes each line read after its prompt: with piped input nothing else shows the
+    questions, and the output should read as a transcript."""
+    mode = mode or vlm.default_mode
     write(f"{HELP}\nasking about {conversation.path} with mode {mode}")
     while True:
         try:
             line = read("you> ").strip()
         except EOFError:
+            write("")  # end the prompt's line: the output ends with a newline
             return
+        if echo:
+            write(line)
         if line in ("/quit", "/exit"):
             return
         try:
             if line == "/reset":
                 conversation.messages = []
+                write(f"conversation reset: the next question about {conversation.path} starts afresh")
             elif line.startswith("/image"):
                 conversation = Conversation(line.removeprefix("/image").strip())
                 write(f"asking about {conversation.path}")
