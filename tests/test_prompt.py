@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from fast_dvlm import FastDVLMError
-from fast_dvlm.prompt import encode_prompt, load_image, to_messages
+from fast_dvlm.prompt import encode_prompt, image_error, load_image, to_messages
 
 
 def test_string_prompt_puts_images_first(images):
@@ -42,6 +45,22 @@ def test_missing_and_corrupt_images(tmp_path):
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(FastDVLMError, match="not a valid image"):
         load_image(corrupt)
+
+
+def test_an_unreadable_image_is_one_line_without_python_internals(tmp_path, images):
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    with pytest.raises(FastDVLMError) as caught:
+        load_image(notes)
+    reason = "not a valid image file (no image format recognised)"
+    assert str(caught.value) == f"cannot read image {notes}: {reason}"
+    png = io.BytesIO()
+    images[0].save(png, format="PNG")
+    for data in (b"hello", png.getvalue()[:200]):  # in memory: not an image, a truncated one
+        with pytest.raises(OSError) as caught:  # PIL may name the source <_io.BytesIO object at 0x...>
+            Image.open(io.BytesIO(data)).load()
+        reason = image_error(caught.value)
+        assert reason.startswith("not a valid image file (") and "<" not in reason and "\n" not in reason
 
 
 def test_rendered_with_the_processors_own_template(tiny_vlms, images):

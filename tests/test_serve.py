@@ -7,6 +7,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -299,6 +300,21 @@ def test_bad_input_gets_a_4xx_with_an_openai_error_body(served, name):
     assert data["error"]["type"] == "invalid_request_error"
     if param is not None:
         assert data["error"]["param"] == param
+    assert " at 0x" not in data["error"]["message"] and "\n" not in data["error"]["message"]
+
+
+def test_a_non_image_upload_is_named_plainly_and_the_log_line_says_why(served, caplog):
+    caplog.set_level(logging.INFO, logger="fast_dvlm.serve")
+    body = chat(user(image("data:image/png;base64,aGVsbG8="), text("hi")))  # the bytes of "hello"
+    status, data, _ = raw(served.url, "POST", "/v1/chat/completions", body)
+    message = "cannot read the image: not a valid image file (no image format recognised)"
+    assert status == 400 and data["error"]["message"] == message
+    deadline = time.monotonic() + 5  # the line is written once the response has been sent
+    while not any(" 400 " in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if " 400 " in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("POST /v1/chat/completions 400 ")
+    assert lines[0].endswith(f" invalid_image: {message}")
 
 
 @pytest.mark.parametrize("where", ["outside", "traversal", "symlink", "file URL"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,15 @@ from .errors import FastDVLMError
 
 ImageLike = Image.Image | str | Path
 Messages = list[dict[str, Any]]
+
+
+def image_error(exc: Exception) -> str:
+    """Why PIL could not read an image, in one line fit for a user: PIL's own messages name an
+    in-memory source by its Python repr (`<_io.BytesIO object at 0x7f...>`), which says nothing."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a valid image file (no image format recognised)"
+    reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip().split("\n")[0]
+    return f"not a valid image file ({reason or type(exc).__name__})"
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -28,7 +38,7 @@ def load_image(image: ImageLike) -> Image.Image:
             opened.load()
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise FastDVLMError(f"cannot read image {path}: not a valid image file ({exc})") from None
+        raise FastDVLMError(f"cannot read image {path}: {image_error(exc)}") from None
 
 
 def to_messages(

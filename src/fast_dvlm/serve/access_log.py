@@ -2,16 +2,21 @@
 
 `method path status latency` plus, for chat completions, what the route left in the request state:
 prompt and completion tokens, NFE, and how the answer ended (stop, length, timeout, client gone).
+An error response adds why: its OpenAI error body's code and message, read off the body as it is sent,
+so every refusal (the body limit's, the router's, validation's, the engine's) says why in the log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("fast_dvlm.serve")
+
+MAX_ERROR_BODY = 64 * 1024  # bytes of an error body kept for the log line (error bodies are small)
 
 
 class RequestLog:
@@ -25,11 +30,14 @@ class RequestLog:
         start = time.perf_counter()
         status = 500  # what the client gets if the app raises before responding
         state = scope.setdefault("state", {})
+        error_body = bytearray()
 
         async def watch(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and status >= 400:
+                error_body.extend(message.get("body", b"")[: MAX_ERROR_BODY - len(error_body)])
             await send(message)
 
         try:
@@ -40,12 +48,23 @@ class RequestLog:
                 f"{k}={usage[k]}" for k in ("prompt_tokens", "completion_tokens", "nfe") if k in usage
             )
             outcome = state.get("outcome")
+            reason = error_reason(bytes(error_body))
             log.info(
-                "%s %s %d %.3fs%s%s",
+                "%s %s %d %.3fs%s%s%s",
                 scope["method"],
                 scope["path"],
                 status,
                 time.perf_counter() - start,
                 f" {extra}" if extra else "",
                 f" {outcome}" if outcome else "",
+                f" {reason}" if reason else "",
             )
+
+
+def error_reason(body: bytes) -> str:
+    """`code: message` of an OpenAI error body; empty for any other body."""
+    try:
+        error = json.loads(body)["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, TypeError, KeyError):
+        return ""

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
+from ..prompt import image_error
 from .errors import APIError
 
 
@@ -72,7 +73,8 @@ class ImagePolicy:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise APIError(400, "the image has too many pixels", "image_too_large", param) from None
         except Exception as exc:  # decoders fail on malformed bytes in many ways; all mean a bad image
-            raise APIError(400, f"not a readable image: {exc!r}", "invalid_image", param) from None
+            reason = f"cannot read the image: {image_error(exc)}"
+            raise APIError(400, reason, "invalid_image", param) from None
 
     def _check_size(self, image: Image.Image, param: str) -> None:
         width, height = image.size
