@@ -43,11 +43,20 @@ def stat_line(out) -> str:
     )
 
 
+def quiet_loading() -> None:
+    """A local model loads in moments: transformers' loading bar would only stand between the user
+    and the answer (or the one error line)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from .prompt import to_messages
     from .vlm import load
 
     _, images = to_messages(args.prompt, args.image)  # fail on bad input before loading the model
+    quiet_loading()
     vlm = load(args.model)
     out = vlm.generate(
         args.prompt,
@@ -66,11 +75,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from transformers.utils import logging as transformers_logging
-
     from .demo import run_demo
 
-    transformers_logging.disable_progress_bar()  # two tiny local models: a loading bar is only noise
+    quiet_loading()
     run_demo(args.model, args.base, seed=args.seed, repeats=args.repeats, out_dir=args.out)
 
 
@@ -80,6 +87,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     conversation = Conversation(args.image)  # a bad image fails before the model loads
     settings = {k: getattr(args, k) for k in ("max_new_tokens", "block_size", "sub_block_size", "threshold")}
+    quiet_loading()
     chat(load(args.model), conversation, args.mode, echo=not sys.stdin.isatty(), **settings)
 
 
