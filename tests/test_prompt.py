@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from fast_dvlm import FastDVLMError
 from fast_dvlm.prompt import encode_prompt, image_error, load_image, to_messages
@@ -47,7 +47,9 @@ def test_missing_and_corrupt_images(tmp_path):
         load_image(corrupt)
 
 
-def test_an_unreadable_image_is_one_line_without_python_internals(tmp_path, images):
+def test_an_unreadable_image_is_one_line_without_python_internals(tmp_path, images, monkeypatch):
+    # lmms-eval sets this process-wide on import (tests/test_lmms_eval.py may run first)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     notes = tmp_path / "notes.png"
     notes.write_text("hello")
     with pytest.raises(FastDVLMError) as caught:
