@@ -91,3 +91,20 @@ def test_a_checkpoint_without_weights(saved, tmp_path):
     (tmp_path / "config.json").write_text((saved["qwen2_5_vl"] / "config.json").read_text())
     with pytest.raises(FastDVLMError, match="cannot load the checkpoint"):
         fast_dvlm.load(tmp_path)
+
+
+@pytest.mark.parametrize("family_name", ["fast_vlm", "qwen2_5_vl"])
+def test_embedding_many_samples_at_once_equals_one_by_one(tiny_vlms, family_name, images):
+    """Training embeds a whole batch with one tower call; each sample must get what it gets alone."""
+    vlm = tiny_vlms[family_name]
+    batches = [
+        encode_prompt(vlm.processor, "Describe it.", images[:1]),
+        encode_prompt(vlm.processor, "No image here, a longer prompt than the others."),
+        encode_prompt(vlm.processor, "Compare them.", images[:2]),
+    ]
+    with torch.no_grad():
+        together = vlm.family.embed_many(vlm.model, batches)
+        alone = [vlm.family.embed(vlm.model, batch) for batch in batches]
+    for a, b in zip(together, alone, strict=True):
+        torch.testing.assert_close(a.inputs_embeds, b.inputs_embeds, rtol=1e-5, atol=1e-5)
+        assert torch.equal(a.position_ids, b.position_ids)

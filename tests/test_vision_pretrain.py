@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from fast_dvlm import DiffusionVLM
@@ -27,20 +28,22 @@ def test_scenes_list_every_question_and_old_splits_still_read(tmp_path):
     assert [s.questions for s in old] == [s.questions[:1] for s in scenes]
 
 
-def test_the_head_answers_each_question_and_training_moves_only_the_tower(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "fast_vlm"])
+def test_the_head_answers_each_question_and_training_moves_only_the_vision_side(tmp_path, family):
     paths = build_splits(tmp_path, {"train": 3, "val": 1, "test": 1}, 56, progress=False)
-    vlm = DiffusionVLM(*build_tiny_model("qwen2_5_vl", TinySize(image_size=56)))
+    vlm = DiffusionVLM(*build_tiny_model(family, TinySize(image_size=56)))
     scenes = read_scenes(paths["train"])
     trainer = VisionPretrainer(vlm, scenes)
     logits = trainer.logits(scenes[:4])
     assert logits.shape == (sum(len(s.questions) for s in scenes[:4]), len(trainer.labels))
     assert trainer.targets(scenes[:4]).shape == logits.shape[:1]
 
-    tower = {n: p.detach().clone() for n, p in vlm.model.model.visual.named_parameters()}
-    language = {n: p.detach().clone() for n, p in vlm.model.model.language_model.named_parameters()}
+    parts = vlm.model.model
+    vision = {n: p.detach().clone() for n, p in parts.named_parameters() if not n.startswith("language_model")}
+    language = {n: p.detach().clone() for n, p in parts.language_model.named_parameters()}
     report = pretrain_vision(vlm, paths["train"], paths["val"], 3, 4, 1e-3, progress=False)
     assert set(report["val_accuracy"]) == {s.task for s in read_scenes(paths["val"])}
-    moved = [n for n, p in vlm.model.model.visual.named_parameters() if not torch.equal(p, tower[n])]
-    assert moved and all(
-        torch.equal(p, language[n]) for n, p in vlm.model.model.language_model.named_parameters()
-    )
+    moved = [n for n, p in parts.named_parameters() if n in vision and not torch.equal(p, vision[n])]
+    tower = "visual." if family == "qwen2_5_vl" else "vision_tower."
+    assert any(n.startswith(tower) for n in moved)
+    assert all(torch.equal(p, language[n]) for n, p in parts.language_model.named_parameters())

@@ -54,18 +54,31 @@ class FastVlmFamily(Family):
         return FastVlmForConditionalGeneration
 
     def embed(self, model: PreTrainedModel, batch: BatchFeature) -> LMInputs:
-        input_ids = batch["input_ids"]
-        if batch.get("pixel_values") is not None:
-            features = model.model.get_image_features(batch["pixel_values"], return_dict=True).pooler_output
-            embeds, _ = self.merge_image_features(model, input_ids, features.flatten(0, 1))
-        else:
-            embeds = model.get_input_embeddings()(input_ids)
-        mask = batch.get("attention_mask")
-        if mask is None:
-            positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
-        else:  # left padding: count only real tokens
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return LMInputs(embeds, positions.unsqueeze(0), {})
+        return self.embed_many(model, [batch])[0]
+
+    def embed_many(self, model: PreTrainedModel, batches: list[BatchFeature]) -> list[LMInputs]:
+        """One vision-tower call for every image of every sample (all images share one size)."""
+        with_images = [b["pixel_values"] for b in batches if b.get("pixel_values") is not None]
+        features = None
+        if with_images:
+            features = model.model.get_image_features(torch.cat(with_images), return_dict=True).pooler_output
+        out, taken = [], 0
+        for batch in batches:
+            input_ids = batch["input_ids"]
+            if batch.get("pixel_values") is None:
+                embeds = model.get_input_embeddings()(input_ids)
+            else:
+                images = batch["pixel_values"].shape[0]
+                mine = features[taken : taken + images].flatten(0, 1)
+                embeds, _ = self.merge_image_features(model, input_ids, mine)
+                taken += images
+            mask = batch.get("attention_mask")
+            if mask is None:
+                positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            else:  # left padding: count only real tokens
+                positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            out.append(LMInputs(embeds, positions.unsqueeze(0), {}))
+        return out
 
     def init_tiny_weights(self, model: PreTrainedModel) -> None:
         """Re-initialise the vision tower so a random FastViT passes its image through.

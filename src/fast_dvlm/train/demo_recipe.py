@@ -27,10 +27,15 @@ from .trainer import LOG_FILE, convert
 from .vision_pretrain import pretrain_vision
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ARCHITECTURES = {  # what a model card calls each family
+    "fast_vlm": "FastVLM-architecture (FastViTHD-style tower)",
+    "qwen2_5_vl": "Qwen2.5-VL-architecture",
+}
 
 
 @dataclass
 class DemoRecipe:
+    family: str = "qwen2_5_vl"  # any family with a tiny builder (`fast_dvlm.models.tiny`)
     image_size: int = DEMO_SIDE  # 2x2 = 4 visual tokens: 8x8 patches of 14 px, merged 4x4
     train_per_task: int = 3000
     multi_turn: float = 0.8  # share of training images asked 2-3 questions: more answers per image encoded
@@ -85,7 +90,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
     init = workdir / "init"
     if not (init / "config.json").exists():
         model, processor = build_tiny_model(
-            "qwen2_5_vl", recipe.size, tokenizer_corpus(data / "train.json"), recipe.vocab_size, recipe.seed
+            recipe.family, recipe.size, tokenizer_corpus(data / "train.json"), recipe.vocab_size, recipe.seed
         )
         DiffusionVLM(model, processor).save_pretrained(init)
 
@@ -187,7 +192,7 @@ def write_model_card(
     split_sizes = f"{recipe.eval_per_task} validation and {recipe.eval_per_task} test images"
     hours = ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in timings.items())
     (folder / "README.md").write_text(
-        f"""# fast-dvlm {name}: tiny Qwen2.5-VL-architecture VLM ({stage})
+        f"""# fast-dvlm {name}: tiny {ARCHITECTURES.get(recipe.family, recipe.family)} VLM ({stage})
 
 Made by `fast-dvlm make-demo --workdir {workdir}` (recipe: `fast_dvlm.train.demo_recipe.DemoRecipe`).
 

@@ -81,11 +81,13 @@ class KeyClassifier(nn.Module):
 
 
 class VisionPretrainer:
-    """The tower of `vlm` (a Qwen-VL family model) plus a `KeyClassifier` over the labels of `scenes`."""
+    """The vision side of `vlm` (tower and projector, whatever the family) plus a `KeyClassifier` over
+    the labels of `scenes`."""
 
     def __init__(self, vlm: DiffusionVLM, scenes: list[Scene]) -> None:
         self.vlm = vlm
-        self.tower = vlm.model.model.visual
+        parts = vlm.model.model.named_parameters()
+        self.vision = [p for name, p in parts if not name.startswith("language_model")]
         self.labels = sorted({label for scene in scenes for label in scene.labels()})
         self.index = {name: k for k, name in enumerate(self.labels)}
         with torch.no_grad():
@@ -94,12 +96,10 @@ class VisionPretrainer:
         self.head = KeyClassifier(vocab, tokens, dim, len(self.labels))
 
     def features(self, scenes: list[Scene]) -> torch.Tensor:
-        """Visual tokens `[B, N, D]` after the tower's merger; every image must give the same N."""
+        """Visual tokens `[B, N, D]` as the language model receives them; every image must give the same N."""
         images = [Image.open(scene.image).convert("RGB") for scene in scenes]
         pixels = self.vlm.processor.image_processor(images=images, return_tensors="pt")
-        out = self.vlm.model.model.get_image_features(
-            pixels["pixel_values"], pixels["image_grid_thw"], return_dict=True
-        )
+        out = self.vlm.model.model.get_image_features(**pixels, return_dict=True)
         if len({f.shape[0] for f in out.pooler_output}) != 1:
             raise FastDVLMError("vision pre-training needs images of one size (one number of visual tokens)")
         return torch.stack(list(out.pooler_output))
@@ -116,7 +116,7 @@ class VisionPretrainer:
         return torch.tensor([self.index.get(label, -100) for scene in scenes for label in scene.labels()])
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.tower.parameters()) + list(self.head.parameters())
+        return self.vision + list(self.head.parameters())
 
     @torch.no_grad()
     def accuracy(self, scenes: list[Scene], batch_size: int = 64) -> dict[str, float]:
