@@ -39,7 +39,7 @@ def test_the_head_answers_each_question_and_training_moves_only_the_vision_side(
     assert trainer.targets(scenes[:4]).shape == logits.shape[:1]
 
     parts = vlm.model.model
-    vision = {n: p.detach().clone() for n, p in parts.named_parameters() if not n.startswith("language_model")}
+    vision = {n: p.detach().clone() for n, p in parts.named_parameters() if not n.startswith("language")}
     language = {n: p.detach().clone() for n, p in parts.language_model.named_parameters()}
     report = pretrain_vision(vlm, paths["train"], paths["val"], 3, 4, 1e-3, progress=False)
     assert set(report["val_accuracy"]) == {s.task for s in read_scenes(paths["val"])}
