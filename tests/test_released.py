@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Dyna
 
 import fast_dvlm
 from fast_dvlm.cli import main
-from fast_dvlm.errors import FastDVLMError
+from fast_dvlm.errors import FastDVLMError, first_line
+from fast_dvlm.models import released
+from fast_dvlm.models.registry import get_family
 
 from .released_replicas import MASK, fast_dllm_v2_replica, fast_dvlm_replica
 
@@ -144,6 +146,32 @@ def test_missing_pieces_give_one_clear_error(tmp_path):
     (tmp_path / "no-tokenizer" / "tokenizer_config.json").unlink()
     with pytest.raises(FastDVLMError, match="tokenizer"):
         fast_dvlm.load(tmp_path / "no-tokenizer")
+
+
+def test_a_loader_error_with_no_message_is_named_by_its_type(tmp_path, monkeypatch):
+    """transformers and tokenizers sometimes raise with an empty message: the error line names the
+    exception's type instead of failing with an IndexError of its own."""
+    fast_dllm_v2_replica(tmp_path / "v2")
+
+    def fail(*args, **kwargs):
+        raise OSError()
+
+    monkeypatch.setattr(released.AutoTokenizer, "from_pretrained", fail)
+    with pytest.raises(FastDVLMError, match=r"has no usable tokenizer files: OSError$"):
+        fast_dvlm.load(tmp_path / "v2")
+    monkeypatch.undo()
+
+    monkeypatch.setattr(get_family("qwen2").model_class, "from_pretrained", fail)
+    with pytest.raises(FastDVLMError, match=r"cannot load the .* weights in .*: OSError$"):
+        fast_dvlm.load(tmp_path / "v2")
+
+
+@pytest.mark.parametrize(
+    "message, line",
+    [("", "ValueError"), ("  \n\n", "ValueError"), ("\n  first\nsecond", "first"), ("one", "one")],
+)
+def test_first_line_of_an_exception(message, line):
+    assert first_line(ValueError(message)) == line
 
 
 def test_fp8_release_opens_through_the_quantisation_path(dvlm_dir, tmp_path, images):

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature, ProcessorMixin
 
-from .errors import FastDVLMError
+from .errors import FastDVLMError, first_line
 
 ImageLike = Image.Image | str | Path
 Messages = list[dict[str, Any]]
@@ -22,8 +22,8 @@ def image_error(exc: Exception) -> str:
     in-memory source by its Python repr (`<_io.BytesIO object at 0x7f...>`), which says nothing."""
     if isinstance(exc, UnidentifiedImageError):
         return "not a valid image file (no image format recognised)"
-    reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip().split("\n")[0]
-    return f"not a valid image file ({reason or type(exc).__name__})"
+    reason = first_line(exc, re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)))
+    return f"not a valid image file ({reason})"
 
 
 def load_image(image: ImageLike) -> Image.Image:

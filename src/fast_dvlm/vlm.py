@@ -15,7 +15,7 @@ from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
 from .detokenize import TextStream
-from .errors import ContextLengthError, FastDVLMError
+from .errors import ContextLengthError, FastDVLMError, first_line
 from .models.family import Family
 from .models.mask_token import add_mask_token
 from .models.registry import family_of, get_family
@@ -132,8 +132,7 @@ class DiffusionVLM:
             model = family.model_class.from_pretrained(path, dtype=dtype, local_files_only=True)
             processor = family.load_processor(path)
         except (OSError, ValueError, KeyError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FastDVLMError(f"cannot load the checkpoint in {path}: {first_line}") from exc
+            raise FastDVLMError(f"cannot load the checkpoint in {path}: {first_line(exc)}") from exc
         return cls(model, processor, family)
 
     def save_pretrained(self, path: str | Path) -> None:

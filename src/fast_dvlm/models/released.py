@@ -34,7 +34,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from ..errors import FastDVLMError
+from ..errors import FastDVLMError, first_line
 from .qwen_text import TextProcessor
 from .registry import get_family
 
@@ -111,7 +111,7 @@ def released_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise FastDVLMError(f"{path} has no usable tokenizer files: {str(exc).splitlines()[0]}") from None
+        raise FastDVLMError(f"{path} has no usable tokenizer files: {first_line(exc)}") from None
     if tokenizer.mask_token is None and RELEASED_MASK_TOKEN in tokenizer.get_vocab():
         tokenizer.mask_token = RELEASED_MASK_TOKEN  # the releases add it without declaring it the mask
     return tokenizer
@@ -135,7 +135,7 @@ def load_weights(
             path, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
         )
     except (OSError, ValueError) as exc:
-        raise FastDVLMError(f"cannot load the {kind} weights in {path}: {str(exc).splitlines()[0]}") from None
+        raise FastDVLMError(f"cannot load the {kind} weights in {path}: {first_line(exc)}") from None
     missing = sorted(k for k in info["missing_keys"] if k != "lm_head.weight")
     if missing:
         raise FastDVLMError(

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, GenerationConfig
 
-from ..errors import FastDVLMError
+from ..errors import FastDVLMError, first_line
 from ..models.family import Family
 from .config import scheme_of
 from .linear import FP8Linear
@@ -68,8 +68,7 @@ def load_quantized(
             model.generation_config = GenerationConfig.from_pretrained(path)
         processor = processor or family.load_processor(path)
     except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FastDVLMError(f"cannot load the FP8 checkpoint in {path}: {first_line}") from exc
+        raise FastDVLMError(f"cannot load the FP8 checkpoint in {path}: {first_line(exc)}") from exc
     vlm = DiffusionVLM(model, processor, family)
     lm = family.language_model(model)
     for name, linear in language_model_linears(vlm).items():
