@@ -47,6 +47,12 @@ def test_a_setting_that_is_not_a_number_is_one_clear_error(tmp_path, text, messa
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
+def test_an_unknown_clean_attention_is_one_clear_error(tmp_path):
+    message = r"^clean_attention must be 'causal' or 'block-causal', got 'full'$"
+    with pytest.raises(FastDVLMError, match=message):
+        from_text(tmp_path, "recipe:\n  clean_attention: full\n")
+
+
 def test_the_example_recipe_names_every_setting_at_its_default():
     raw = yaml.safe_load(EXAMPLE.read_text())
     assert set(raw) == {f.name for f in fields(TrainConfig)}

@@ -114,6 +114,13 @@ def test_contradictory_settings_are_rejected(tiny_vlms, settings, message):
         vlm.generate("Hi", mode="diffusion", **args)
 
 
+def test_an_unknown_clean_attention_set_after_loading_is_rejected(tiny_vlms, monkeypatch):
+    vlm = tiny_vlms["qwen2_5_vl"]
+    monkeypatch.setattr(vlm.settings, "clean_attention", "full")
+    with pytest.raises(FastDVLMError, match="clean_attention must be 'causal' or 'block-causal', got 'full'"):
+        vlm.generate("Hi", mode="diffusion", max_new_tokens=8)
+
+
 def test_unknown_mode(tiny_vlms):
     with pytest.raises(FastDVLMError, match="unknown decoding mode 'fast'.*spec-linear"):
         tiny_vlms["qwen2_5_vl"].generate("Hi", mode="fast")

@@ -7,12 +7,13 @@ with plain `transformers.from_pretrained` (which ignores unknown keys) and keeps
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from .errors import FastDVLMError
 
 CONFIG_KEY = "fast_dvlm"
-CleanAttention = Literal["causal", "block-causal"]
+CleanAttention = Literal["causal", "block-causal"]  # how committed tokens attend to each other
+CLEAN_ATTENTIONS: tuple[str, ...] = get_args(CleanAttention)
 BlockAlignment = Literal["answer", "absolute"]
 
 
@@ -38,10 +39,7 @@ class DiffusionSettings:
 
     def __post_init__(self) -> None:
         validate_block_settings(self.block_size, self.sub_block_size, self.threshold)
-        if self.clean_attention not in ("causal", "block-causal"):
-            raise FastDVLMError(
-                f"clean_attention must be 'causal' or 'block-causal', got {self.clean_attention!r}"
-            )
+        check_clean_attention(self.clean_attention)
         if self.block_alignment not in ("answer", "absolute"):
             raise FastDVLMError(
                 f"block_alignment must be 'answer' or 'absolute', got {self.block_alignment!r}"
@@ -74,3 +72,10 @@ def validate_block_settings(block_size: int, sub_block_size: int, threshold: flo
         )
     if not 0.0 < threshold <= 1.0:
         raise FastDVLMError(f"threshold must be in (0, 1], got {threshold}")
+
+
+def check_clean_attention(value: str) -> CleanAttention:
+    """`value` itself if it names a clean-stream attention rule; otherwise one error line naming them."""
+    if value not in CLEAN_ATTENTIONS:
+        raise FastDVLMError(f"clean_attention must be 'causal' or 'block-causal', got {value!r}")
+    return cast(CleanAttention, value)

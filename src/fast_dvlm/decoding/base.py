@@ -12,7 +12,7 @@ import torch
 
 from ..diffusion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
 from ..errors import FastDVLMError
-from ..settings import validate_block_settings
+from ..settings import CleanAttention, check_clean_attention, validate_block_settings
 from .session import Session
 
 
@@ -26,12 +26,13 @@ class DecodeOptions:
     block_size: int = 32
     sub_block_size: int = 8
     threshold: float = 0.9
-    clean_attention: str = "causal"
+    clean_attention: CleanAttention = "causal"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise FastDVLMError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         validate_block_settings(self.block_size, self.sub_block_size, self.threshold)
+        check_clean_attention(self.clean_attention)
 
 
 @dataclass(frozen=True)

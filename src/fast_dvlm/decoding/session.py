@@ -26,11 +26,16 @@ from transformers import DynamicCache, PreTrainedModel
 from ..diffusion.attention import CLEAN, Tokens, additive_mask, attention_allowed
 from ..errors import FastDVLMError
 from ..models.family import Family, LMInputs
+from ..settings import CleanAttention
 
 
 class Session:
     def __init__(
-        self, model: PreTrainedModel, family: Family, use_cache: bool = True, clean_attention: str = "causal"
+        self,
+        model: PreTrainedModel,
+        family: Family,
+        use_cache: bool = True,
+        clean_attention: CleanAttention = "causal",
     ) -> None:
         self.family = family
         self.clean_attention = clean_attention

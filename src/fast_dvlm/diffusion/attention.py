@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..settings import CleanAttention, check_clean_attention
+
 CLEAN, NOISY = 0, 1  # stream ids; further noisy copies are 2, 3, ...
 CACHED_BLOCK = -1  # block id of tokens already in the KV cache: earlier than anything being decoded
 
@@ -56,18 +58,16 @@ class Tokens:
         return self.pos.shape[0]
 
 
-def attention_allowed(query: Tokens, key: Tokens, clean_attention: str = "causal") -> torch.Tensor:
+def attention_allowed(query: Tokens, key: Tokens, clean_attention: CleanAttention = "causal") -> torch.Tensor:
     """Boolean `[n_query, n_key]`: True where the query token may attend to the key token."""
     q_noisy, k_noisy = (query.stream != CLEAN)[:, None], (key.stream != CLEAN)[None, :]
     q_block, k_block = query.block[:, None], key.block[None, :]
     n2n = q_noisy & (query.stream[:, None] == key.stream[None, :]) & (q_block == k_block)
     n2c = q_noisy & ~k_noisy & (k_block < q_block)
-    if clean_attention == "causal":
+    if check_clean_attention(clean_attention) == "causal":
         c2c_rule = key.pos[None, :] <= query.pos[:, None]
-    elif clean_attention == "block-causal":
+    else:  # block-causal
         c2c_rule = k_block <= q_block
-    else:
-        raise ValueError(f"unknown clean_attention {clean_attention!r}")
     c2c = ~q_noisy & ~k_noisy & c2c_rule
     return n2n | n2c | c2c
 

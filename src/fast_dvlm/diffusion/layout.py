@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from ..settings import CleanAttention
 from .attention import CLEAN, Tokens, additive_mask, attention_allowed
 
 NoisyLayout = Literal["response", "text", "full"]
@@ -103,7 +104,7 @@ class RowBatch:
     n_answered: torch.Tensor  # [B]
 
 
-def stack_rows(rows: list[Row], clean_attention: str = "causal") -> RowBatch:
+def stack_rows(rows: list[Row], clean_attention: CleanAttention = "causal") -> RowBatch:
     """Pad rows to a common length. A padding token attends only to itself and nothing attends to it."""
     width = max(r.embeds.shape[0] for r in rows)
     dtype = rows[0].embeds.dtype

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import FastDVLMError
+from ..settings import CleanAttention, check_clean_attention
 from .layout import NoisyLayout
 
 
@@ -20,7 +21,7 @@ class Recipe:
     alpha_diffusion: float = 0.5
     beta_ar: float = 0.5
     noisy_layout: NoisyLayout = "response"
-    clean_attention: str = "causal"  # "block-causal" reproduces Fast-dLLM v2 (ablation)
+    clean_attention: CleanAttention = "causal"  # "block-causal" reproduces Fast-dLLM v2 (ablation)
     two_stage: bool = False  # stage 1: text-only diffusion fine-tune; stage 2: multimodal
     stage1_fraction: float = 0.5  # share of the steps spent in stage 1 when two_stage
 
@@ -38,10 +39,7 @@ class Recipe:
             raise FastDVLMError("alpha_diffusion and beta_ar must be >= 0 and not both 0")
         if self.noisy_layout not in ("response", "text", "full"):
             raise FastDVLMError(f"noisy_layout must be response, text or full, got {self.noisy_layout!r}")
-        if self.clean_attention not in ("causal", "block-causal"):
-            raise FastDVLMError(
-                f"clean_attention must be causal or block-causal, got {self.clean_attention!r}"
-            )
+        check_clean_attention(self.clean_attention)
         if not 0.0 < self.noise_eps < 1.0:
             raise FastDVLMError(f"noise_eps must be in (0, 1), got {self.noise_eps}")
         if self.two_stage and not 0.0 < self.stage1_fraction < 1.0:
