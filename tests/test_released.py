@@ -13,10 +13,9 @@ from fast_dvlm.cli import main
 from fast_dvlm.errors import FastDVLMError, first_line
 from fast_dvlm.models import released
 from fast_dvlm.models.registry import get_family
+from fast_dvlm.modes import MODES
 
 from .released_replicas import MASK, fast_dllm_v2_replica, fast_dvlm_replica
-
-MODES = ("ar", "spec-linear", "spec-quadratic", "diffusion")
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
