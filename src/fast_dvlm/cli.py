@@ -12,6 +12,7 @@ from .errors import FastDVLMError
 from .modes import DEFAULT_MODE, MODES, check_mode
 from .quant.cli import add_quantize_parser
 from .serve.command import add_serve_parser
+from .settings import BLOCK_SIZE, SUB_BLOCK_SIZE, THRESHOLD
 
 MODEL_HELP = (
     "checkpoint directory, demo or demo-ar (the shipped demo models), or tiny:FAMILY for a random tiny model"
@@ -28,11 +29,13 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default: 128)")
     parser.add_argument(
-        "--block-size", type=int, default=None, help="tokens per block (default: model's, 32)"
+        "--block-size", type=int, default=None, help=f"tokens per block (default: model's, {BLOCK_SIZE})"
     )
-    parser.add_argument("--sub-block-size", type=int, default=None, help="tokens per sub-block (default: 8)")
     parser.add_argument(
-        "--threshold", type=float, default=None, help="confidence threshold tau (default: 0.9)"
+        "--sub-block-size", type=int, default=None, help=f"tokens per sub-block (default: {SUB_BLOCK_SIZE})"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help=f"confidence threshold tau (default: {THRESHOLD})"
     )
 
 

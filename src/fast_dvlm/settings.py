@@ -12,6 +12,9 @@ from typing import Any, Literal, cast, get_args
 from .errors import FastDVLMError
 
 CONFIG_KEY = "fast_dvlm"
+# The paper's decoding defaults, the one place they are written: tokens per block, tokens per
+# sub-block (spec-quadratic's and diffusion's unit of commitment) and the confidence threshold tau.
+BLOCK_SIZE, SUB_BLOCK_SIZE, THRESHOLD = 32, 8, 0.9
 CleanAttention = Literal["causal", "block-causal"]  # how committed tokens attend to each other
 CLEAN_ATTENTIONS: tuple[str, ...] = get_args(CleanAttention)
 BlockAlignment = Literal["answer", "absolute"]
@@ -30,9 +33,9 @@ class DiffusionSettings:
     """
 
     mask_token_id: int | None = None
-    block_size: int = 32
-    sub_block_size: int = 8
-    threshold: float = 0.9
+    block_size: int = BLOCK_SIZE
+    sub_block_size: int = SUB_BLOCK_SIZE
+    threshold: float = THRESHOLD
     clean_attention: CleanAttention = "causal"
     block_alignment: BlockAlignment = "answer"
     recipe: dict[str, Any] = field(default_factory=dict)

@@ -39,13 +39,13 @@ from ..errors import FastDVLMError
 from ..models.family import LMInputs
 from ..models.fast_vlm import STRIDE as FASTVIT_STRIDE
 from ..models.registry import get_family
+from ..settings import BLOCK_SIZE
 
 T = TypeVar("T")
 
 RESOLUTIONS = (256, 512, 768, 1024)
 PROMPT_TOKENS = 20  # the text around the image: a short question in a chat template
 ANSWER_TOKENS = 64
-BLOCK_SIZE = 32
 SLOW_RESOLUTION = 1024  # from here on the ViT is timed `slow_repeats` times (over a minute a run on 2 cores)
 BENCH_DEMO = Path("benchmarks/results/bench_demo.json")  # `fast-dvlm bench --json` of the demo model
 

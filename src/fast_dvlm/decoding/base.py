@@ -12,7 +12,14 @@ import torch
 
 from ..diffusion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
 from ..errors import FastDVLMError
-from ..settings import CleanAttention, check_clean_attention, validate_block_settings
+from ..settings import (
+    BLOCK_SIZE,
+    SUB_BLOCK_SIZE,
+    THRESHOLD,
+    CleanAttention,
+    check_clean_attention,
+    validate_block_settings,
+)
 from .session import Session
 
 
@@ -23,9 +30,9 @@ class DecodeOptions:
     max_new_tokens: int
     stop_ids: frozenset[int]
     mask_id: int | None = None
-    block_size: int = 32
-    sub_block_size: int = 8
-    threshold: float = 0.9
+    block_size: int = BLOCK_SIZE
+    sub_block_size: int = SUB_BLOCK_SIZE
+    threshold: float = THRESHOLD
     clean_attention: CleanAttention = "causal"
 
     def __post_init__(self) -> None:

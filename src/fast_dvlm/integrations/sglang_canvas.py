@@ -18,6 +18,7 @@ import torch
 
 from ..decoding import DecodeOptions
 from ..decoding.diffusion import BlockDiffusionDecoder
+from ..settings import SUB_BLOCK_SIZE, THRESHOLD
 
 
 def canvas_decoder(mask_id: int, block_size: int, settings: dict[str, Any]) -> BlockDiffusionDecoder:
@@ -27,8 +28,8 @@ def canvas_decoder(mask_id: int, block_size: int, settings: dict[str, Any]) -> B
         stop_ids=frozenset(),
         mask_id=mask_id,
         block_size=block_size,
-        sub_block_size=settings.get("sub_block_size", 8),
-        threshold=settings.get("threshold", 0.9),
+        sub_block_size=settings.get("sub_block_size", SUB_BLOCK_SIZE),
+        threshold=settings.get("threshold", THRESHOLD),
     )
     return BlockDiffusionDecoder(options)
 

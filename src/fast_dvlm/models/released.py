@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from ..errors import FastDVLMError, first_line
+from ..settings import BLOCK_SIZE
 from .qwen_text import TextProcessor
 from .registry import get_family
 
@@ -83,7 +84,7 @@ def open_released(path: Path, config: dict[str, Any], dtype: torch.dtype) -> Dif
         vlm = DiffusionVLM(
             load_weights(family.model_class, path, model_config, dtype, kind), processor, family
         )
-    vlm.settings.block_size = next((int(config[f]) for f in BLOCK_FIELDS if config.get(f)), 32)
+    vlm.settings.block_size = next((int(config[f]) for f in BLOCK_FIELDS if config.get(f)), BLOCK_SIZE)
     vlm.settings.clean_attention = "causal" if kind == "fast_dvlm" else "block-causal"
     vlm.settings.block_alignment = "answer" if kind == "fast_dvlm" else "absolute"
     vlm.settings.recipe = {"released": kind}  # converted by the authors' recipe: a block-diffusion model
