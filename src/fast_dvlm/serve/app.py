@@ -7,8 +7,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -16,39 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
 from ..decoding import make_decoder
-from ..errors import FastDVLMError
-from ..modes import check_mode
 from ..vlm import DiffusionVLM
 from .access_log import RequestLog
 from .body_limit import BodyLimit
+from .config import ServeConfig
 from .engine import Engine, Event, Failed, Finished, Job, Piece, Work
 from .errors import APIError, install_error_handlers
 from .images import ImagePolicy
 from .schema import ChatRequest, Reply, usage
 
 CLIENT_GONE = 499  # nginx's "client closed request": logged, never received
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    model_name: str
-    mode: str | None = None  # decoding mode when a request names none; None: the model's default_mode
-    max_tokens: int = 512  # answer cap when a request sets none
-    allowed_dirs: tuple[str | Path, ...] = ()  # where local image paths may point
-    queue_size: int = 16  # requests waiting behind the running one
-    timeout: float = 300.0  # seconds from entering the queue to the last token
-    max_pixels: int = 16_777_216  # per image
-    max_body_bytes: int = 64 * 2**20  # a request body, data-URL images included
-
-    def __post_init__(self) -> None:
-        for name in ("max_tokens", "queue_size", "timeout", "max_pixels", "max_body_bytes"):
-            if getattr(self, name) <= 0:
-                raise FastDVLMError(f"{name} must be positive, got {getattr(self, name)}")
-        for folder in self.allowed_dirs:
-            if not Path(folder).is_dir():
-                raise FastDVLMError(f"allowed image folder {folder} is not a folder")
-        if self.mode is not None:
-            check_mode(self.mode)
 
 
 def create_app(vlm: DiffusionVLM, config: ServeConfig) -> FastAPI:

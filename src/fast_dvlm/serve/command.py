@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import math
 import subprocess
 
 from ..errors import FastDVLMError
 from ..modes import DEFAULT_MODE, MODES
+from .config import ServeConfig
 
 ENGINES = ("fast-dvlm", "sglang")
 
@@ -35,14 +37,15 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="folder whose images requests may name by local path (repeat; default: none)",
     )
-    serve.add_argument("--queue-size", type=int, default=16, help="requests that may wait (default: 16)")
-    serve.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: 300)")
-    serve.add_argument(
-        "--max-pixels", type=int, default=16_777_216, help="largest image, in pixels (default: 4096x4096)"
-    )
-    serve.add_argument(
-        "--max-body-mb", type=float, default=64.0, help="largest request body, images included (default: 64)"
-    )
+    d = ServeConfig  # its field defaults are the command's
+    side, body_mb = math.isqrt(d.max_pixels), d.max_body_bytes / 2**20
+    for flag, kind, default, text in (
+        ("--queue-size", int, d.queue_size, f"requests that may wait (default: {d.queue_size})"),
+        ("--timeout", float, d.timeout, f"seconds per request (default: {d.timeout:g})"),
+        ("--max-pixels", int, d.max_pixels, f"largest image, in pixels (default: {side}x{side})"),
+        ("--max-body-mb", float, body_mb, f"largest request body, images included (default: {body_mb:g})"),
+    ):
+        serve.add_argument(flag, type=kind, default=default, help=text)
     serve.add_argument(
         "--mode",
         default=None,
@@ -51,7 +54,10 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "sglang: diffusion)",
     )
     serve.add_argument(
-        "--max-tokens", type=int, default=512, help="answer cap of requests that set none (default: 512)"
+        "--max-tokens",
+        type=int,
+        default=d.max_tokens,
+        help=f"answer cap of requests that set none (default: {d.max_tokens})",
     )
     serve.set_defaults(run=cmd_serve)
 
@@ -61,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve_with_sglang(args)
         return
     try:
-        from .app import ServeConfig, create_app
+        from .app import create_app
         from .runner import run
     except ImportError as exc:
         raise FastDVLMError(
