@@ -6,6 +6,8 @@ from __future__ import annotations
 from .errors import FastDVLMError
 
 MODES = ("ar", "diffusion", "spec-linear", "spec-quadratic")  # each one a decoder in decoding.DECODERS
+# Not a decoding mode: transformers' own `generate` (`DiffusionVLM.hf_generate`), the reference speed.
+HF_GENERATE = "hf-generate"
 # What `mode=None` means everywhere (DiffusionVLM.default_mode decides), in the words help texts use.
 DEFAULT_MODE = "the model's own: spec-linear for a converted model, ar for one never converted"
 

@@ -20,6 +20,7 @@ from .models.family import Family
 from .models.mask_token import add_mask_token
 from .models.registry import family_of, get_family
 from .models.released import open_released, released_kind
+from .modes import HF_GENERATE
 from .prompt import ImageLike, Messages, encode_prompt
 from .quant import is_fp8_checkpoint, load_quantized
 from .settings import DiffusionSettings
@@ -292,7 +293,7 @@ class DiffusionVLM:
             prefill_nfe=1,
             seconds=time.perf_counter() - start,
             prompt_tokens=batch["input_ids"].shape[1],
-            mode="hf-generate",
+            mode=HF_GENERATE,
         )
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..data import TASKS, get_task
-from ..eval.accuracy import Item, TaskScore, read_items
+from ..eval.accuracy import TaskScore, read_items
+from ..modes import HF_GENERATE
+from ..prompt import ImageLike, Messages
 from ..vlm import DiffusionVLM, GenerationOutput
 
 
@@ -23,12 +26,12 @@ from ..vlm import DiffusionVLM, GenerationOutput
 class BenchMode:
     label: str
     model: str  # "base" (the AR model) or "converted"
-    mode: str  # a decoding mode, or "hf-generate"
+    mode: str  # a decoding mode, or HF_GENERATE
     settings: dict = field(default_factory=dict)
 
 
 BENCH_MODES = (
-    BenchMode("hf-generate", "base", "hf-generate"),
+    BenchMode(HF_GENERATE, "base", HF_GENERATE),
     BenchMode("base-ar", "base", "ar"),
     BenchMode("ar", "converted", "ar"),
     BenchMode("diffusion-t0.9", "converted", "diffusion", {"threshold": 0.9}),
@@ -39,10 +42,18 @@ BENCH_MODES = (
 )
 
 
-def answer(vlm: DiffusionVLM, spec: BenchMode, item: Item, max_new_tokens: int) -> GenerationOutput:
-    if spec.mode == "hf-generate":
-        return vlm.hf_generate(item.question, [item.image], max_new_tokens)
-    return vlm.generate(item.question, [item.image], spec.mode, max_new_tokens, **spec.settings)
+def answer(
+    vlm: DiffusionVLM,
+    mode: str,
+    settings: dict,
+    prompt: str | Messages,
+    images: Sequence[ImageLike],
+    max_new_tokens: int,
+) -> GenerationOutput:
+    """An answer decoded in `mode` with `settings`; for HF_GENERATE, by transformers' own `generate`."""
+    if mode == HF_GENERATE:
+        return vlm.hf_generate(prompt, images, max_new_tokens)
+    return vlm.generate(prompt, images, mode, max_new_tokens, **settings)
 
 
 def run_bench(
@@ -58,7 +69,9 @@ def run_bench(
     scores: dict[str, dict[str, TaskScore]] = {m.label: defaultdict(TaskScore) for m in modes}
     for item in tqdm(items, desc="bench", disable=not progress):
         for spec in modes:
-            out = answer(models[spec.model], spec, item, max_new_tokens)
+            out = answer(
+                models[spec.model], spec.mode, spec.settings, item.question, [item.image], max_new_tokens
+            )
             scores[spec.label][item.task].add(out, get_task(item.task).score(out.text, item.key))
     return {label: dict(per_task_scores) for label, per_task_scores in scores.items()}
 
@@ -78,7 +91,7 @@ def report(scores: dict[str, dict[str, TaskScore]], model_name: str) -> dict:
     tasks = [t for t in TASKS if t in next(iter(scores.values()))]
     short = [t for t in tasks if not get_task(t).long_answer]
     long = [t for t in tasks if get_task(t).long_answer]
-    reference = combine(scores["hf-generate"], tasks).summary()["tokens_per_s"]
+    reference = combine(scores[HF_GENERATE], tasks).summary()["tokens_per_s"]
 
     def figures(score: TaskScore, ref_rate: float, accuracy: float | None = None) -> dict:
         s = score.summary()
@@ -97,14 +110,14 @@ def report(scores: dict[str, dict[str, TaskScore]], model_name: str) -> dict:
         out["modes"][label] = figures(combine(per_task, tasks), reference, task_mean(label, tasks))
         for group_name, group in (("short", short), ("long", long)):
             if group:
-                group_ref = combine(scores["hf-generate"], group).summary()["tokens_per_s"]
+                group_ref = combine(scores[HF_GENERATE], group).summary()["tokens_per_s"]
                 out["groups"].setdefault(group_name, {})[label] = figures(
                     combine(per_task, group), group_ref, task_mean(label, group)
                 )
         for task in tasks:
-            task_ref = scores["hf-generate"][task].summary()["tokens_per_s"]
+            task_ref = scores[HF_GENERATE][task].summary()["tokens_per_s"]
             out["tasks"].setdefault(task, {})[label] = figures(per_task[task], task_ref)
-    out["hf_generate"] = out["modes"]["hf-generate"]
+    out["hf_generate"] = out["modes"][HF_GENERATE]
     out["accepted_per_step"] = {
         label: combine(per_task, tasks).accepted for label, per_task in scores.items()
     }

@@ -11,8 +11,10 @@ import torch
 from tqdm import tqdm
 
 from ..decoding import Session
+from ..modes import HF_GENERATE
 from ..prompt import ImageLike, encode_prompt
 from ..vlm import DiffusionVLM
+from .procedural import answer
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,12 @@ class ModeSpec:
     """One column of a speed table: a decoding mode with its settings."""
 
     label: str
-    mode: str  # a decoding mode, or "hf-generate" for transformers' own loop
+    mode: str  # a decoding mode, or HF_GENERATE for transformers' own loop
     settings: dict = field(default_factory=dict)
 
 
 DEFAULT_MODES = (
-    ModeSpec("hf-generate", "hf-generate"),
+    ModeSpec(HF_GENERATE, HF_GENERATE),
     ModeSpec("ar", "ar"),
     ModeSpec("diffusion τ0.9", "diffusion", {"threshold": 0.9}),
     ModeSpec("diffusion τ0.7", "diffusion", {"threshold": 0.7}),
@@ -60,9 +62,7 @@ def pass_cost_ms(
 def run_mode(
     vlm: DiffusionVLM, spec: ModeSpec, prompt: str, images: Sequence[ImageLike], max_new_tokens: int
 ):
-    if spec.mode == "hf-generate":
-        return vlm.hf_generate(prompt, images, max_new_tokens)
-    return vlm.generate(prompt, images, spec.mode, max_new_tokens, **spec.settings)
+    return answer(vlm, spec.mode, spec.settings, prompt, images, max_new_tokens)
 
 
 def compare_modes(
