@@ -18,7 +18,7 @@ compressed-tensors `quantization_config` itself. On a GPU:
 pass that returns full logits inside a block step, which SGLang 0.5.23's dLLM runner lacks (its
 canvas passes are bidirectional, its causal passes return last-token logits only).
 
-What has run, on CPU: the canvas logic (`sglang_canvas`), in tests; and, in `tests/test_quant.py`
+What has run, on CPU: the canvas logic (`sglang_canvas`), in tests; and, in `tests/test_sglang.py`
 whenever SGLang is installed, `register` against the real 0.5.23 wheel with nothing stubbed. Serving
 needs CUDA, but SGLang's Python imports on CPU in a venv beside the project's packages:
 
