@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -105,23 +106,38 @@ def test_response_labels_cover_answers_and_their_end(tiny_vlms, two_turn):
 
 
 def test_layouts_give_the_same_loss_and_gradients(tiny_vlms, family_name, two_turn):
-    """Vision only in the clean stream (and prompt-free noisy copies) changes cost, not the result."""
+    """Vision only in the clean stream (and prompt-free noisy copies) changes cost, not the result:
+    the same loss and the same gradient for every parameter, the vision tower's included. In float64,
+    where the layouts' different summation orders leave ~1e-15 of each gradient's scale (float32: ~5e-6),
+    so a real difference cannot hide under the tolerance; another noise draw shows one is caught."""
     vlm = tiny_vlms[family_name]
+    model = copy.deepcopy(vlm.model).to(torch.float64)  # the shared tiny model stays as it is
     sample = render(vlm.processor, vlm.family, two_turn)
-    results = {}
-    for layout in ("full", "text", "response"):
-        vlm.model.zero_grad()
+
+    def loss_and_grads(layout: str, seed: int) -> tuple[float, dict[str, torch.Tensor], int]:
+        model.zero_grad(set_to_none=True)
+        recipe = Recipe(noisy_layout=layout)
         loss, hidden, _ = conversion_forward(
-            vlm.model, vlm.family, [sample], Recipe(noisy_layout=layout), 4, [7], vlm.settings.mask_token_id
+            model, vlm.family, [sample], recipe, 4, [seed], vlm.settings.mask_token_id
         )
         loss.total.backward()
-        grad = vlm.family.lm_head(vlm.model).weight.grad.clone()
-        results[layout] = (loss.total.item(), grad, hidden.shape[1])
-    vlm.model.zero_grad()
-    full, text, response = results["full"], results["text"], results["response"]
-    assert full[0] == pytest.approx(text[0], rel=1e-5) == pytest.approx(response[0], rel=1e-5)
-    torch.testing.assert_close(response[1], full[1], rtol=1e-4, atol=1e-6)
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        return loss.total.item(), grads, hidden.shape[1]
+
+    def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+        """Names of the parameters whose gradients differ by more than 1e-9 of their scale."""
+        assert a.keys() == b.keys()
+        return [n for n in a if (a[n] - b[n]).abs().max() > 1e-9 * b[n].abs().max()]
+
+    full, text, response = (loss_and_grads(layout, 7) for layout in ("full", "text", "response"))
+    assert full[0] == pytest.approx(text[0], rel=1e-12) == pytest.approx(response[0], rel=1e-12)
+    assert full[1].keys() == {name for name, p in model.named_parameters() if p.requires_grad}
+    reached = {name for name, g in full[1].items() if g.abs().max() > 0}
+    vision = {n for n in reached if n.startswith(("model.visual.", "model.vision_tower.", "model.multi_"))}
+    assert vision and reached - vision  # both towers are in the comparison
+    assert differing(text[1], full[1]) == [] and differing(response[1], full[1]) == []
     assert response[2] < text[2] < full[2]
+    assert len(differing(loss_and_grads("response", 8)[1], full[1])) > len(full[1]) // 2  # a different draw
 
 
 def test_training_logits_equal_decoder_block_logits(tiny_vlms, family_name, two_turn):
