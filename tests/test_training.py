@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -201,13 +202,56 @@ def test_grouping_by_length_cuts_padding_and_keeps_every_sample_once_per_epoch()
         assert halves[0].indices(step, 0) + halves[1].indices(step, 0) == grouped.indices(step, 0)
 
 
-def test_grouped_training_runs_and_the_dataset_measures_its_records(workdir, tiny_vlms):
+def test_grouped_training_logs_what_it_trained(workdir, tiny_vlms):
+    """The log of a grouped run equals a plain re-run of the same training by hand: the same
+    length-grouped batches (not the plain order's), the same per-sample noise, the block size of
+    the annealing formula, the cosine learning rate, and AdamW updates between the steps."""
+    from fast_dvlm.diffusion.objective import conversion_forward
+    from fast_dvlm.train.trainer import Schedule, sample_seed
+
     root, data = workdir
     vlm = tiny_vlms["qwen2_5_vl"]
     dataset = ConversationDataset(data, vlm.processor, vlm.family, progress=False)
     lengths = dataset.text_lengths()
     assert len(lengths) == len(dataset) and min(lengths) > 0
     out = root / "grouped"
-    config = TrainConfig(steps=2, batch_size=4, lr=1e-3, group_by_length=True)
+    config = TrainConfig(steps=3, batch_size=4, lr=1e-3, group_by_length=True)
     convert(root / "qwen2_5_vl", data, out, config, progress=False)
-    assert len(read_log(out)) == 2
+    log = read_log(out)
+
+    grouped, plain = Schedule(config, len(dataset), 0, 1, lengths), Schedule(config, len(dataset), 0, 1)
+    batches = [grouped.indices(step, 0) for step in range(config.steps)]
+    assert batches != [plain.indices(step, 0) for step in range(config.steps)]
+    sizes = config.recipe.block_sizes  # (2, 4, 8, 16, 32): floor(sqrt(step / steps) * 5) picks 2, 8, 32
+    expected_sizes = [sizes[min(math.floor(math.sqrt(s / config.steps) * len(sizes)), len(sizes) - 1)]
+                      for s in range(config.steps)]  # fmt: skip
+    assert [r["block_size"] for r in log] == expected_sizes == [2, 8, 32]
+    cosine = [config.lr * 0.5 * (1 + math.cos(math.pi * s / config.steps)) for s in range(config.steps)]
+    assert [r["lr"] for r in log] == pytest.approx(cosine, rel=1e-9)
+
+    base = fast_dvlm.load(root / "qwen2_5_vl")  # the same base the trainer loaded, trained by hand
+    model = base.model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    for step, (indices, record) in enumerate(zip(batches, log, strict=True)):
+        samples = [dataset[i] for i in indices]
+        seeds = [sample_seed(config.seed, step, i) for i in indices]
+        parts, _, _ = conversion_forward(
+            model,
+            base.family,
+            samples,
+            config.recipe,
+            expected_sizes[step],
+            seeds,
+            base.settings.mask_token_id,
+        )
+        logged = (record["loss"], record["diffusion_loss"], record["ar_loss"])
+        assert logged == pytest.approx(
+            (parts.total.item(), parts.diffusion.item(), parts.ar.item()), rel=1e-5
+        )
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine[step]
+        optimizer.step()
+        optimizer.zero_grad()
+    assert len({r["loss"] for r in log}) == config.steps
