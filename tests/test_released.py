@@ -73,9 +73,32 @@ def test_fast_dllm_v2_is_text_only_and_block_causal(v2_dir, images):
     assert vlm.settings.block_size == 8
     assert vlm.settings.mask_token_id == vlm.tokenizer.convert_tokens_to_ids(MASK)
     assert same_weights(vlm.model, reference)
-    for mode in MODES:
-        out = vlm.generate("Count to ten, please.", mode=mode, max_new_tokens=12)
-        assert 0 < len(out.token_ids) <= 12 and out.nfe >= 2, mode
+    prompt = "Count to ten, please."
+    hf = vlm.hf_generate(prompt, max_new_tokens=12).token_ids
+    runs = {mode: vlm.generate(prompt, mode=mode, max_new_tokens=12) for mode in MODES}
+    ar = runs["ar"]
+    assert ar.token_ids == hf and ar.nfe == len(hf)  # one causal pass per token
+    # one-token blocks make block-causal attention causal and absolute alignment moot: diffusion is AR
+    unit = vlm.generate(
+        prompt, mode="diffusion", max_new_tokens=12, block_size=1, sub_block_size=1, threshold=1
+    )
+    assert (unit.token_ids, unit.nfe) == (ar.token_ids, ar.nfe)
+    # passes per step. spec-quadratic: the prompt's partial last block (absolute alignment) is drafted
+    # and verified linearly, the next block's first draft costs a pass, then one pass per step
+    tail = 1 if ar.prompt_tokens % 8 else 0
+    passes = {
+        "ar": lambda n: [1] * n,
+        "spec-linear": lambda n: [2] * n,  # draft + verify
+        "spec-quadratic": lambda n: [2] * (1 + tail) + [1] * (n - 1 - tail),
+    }
+    for mode, out in runs.items():
+        steps = [(s.tokens, s.passes) for s in out.trace]
+        assert 0 < len(out.token_ids) <= 12 and out.prefill_nfe == 1, mode
+        assert out.nfe == 1 + sum(p for _, p in steps), mode  # the prefill, then every step's passes
+        assert sum(t for t, _ in steps) + 1 >= len(out.token_ids), mode
+        assert all(1 <= t <= 8 and 1 <= p <= 8 for t, p in steps), mode  # at most one block (bd_size 8)
+        if mode in passes:
+            assert [p for _, p in steps] == passes[mode](len(steps)), mode
     with pytest.raises(FastDVLMError, match="text-only"):
         vlm.generate("What is this?", images[:1])
 
