@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from fast_dvlm.bench.procedural import BENCH_MODES, markdown, plot, report, run_bench, write_json
 from fast_dvlm.data import TASKS
@@ -33,6 +34,26 @@ def test_bench_report(tiny_vlms, split, tmp_path):
     assert result["modes"]["ar"]["tokens_per_nfe"] == pytest.approx(1.0)
     write_json(result, tmp_path / "bench.json")
     assert json.loads((tmp_path / "bench.json").read_text())["model"] == "tiny"
-    plot(result, tmp_path / "bench.png")
-    assert (tmp_path / "bench.png").stat().st_size > 1000
     assert "| spec-linear |" in markdown(result)
+    check_plot(result, tmp_path / "bench.png")
+
+
+def check_plot(result: dict, path) -> None:
+    """The plot shows the report: one marker per mode at (speed-up, accuracy), labelled with its mode,
+    and per mode a short- and a long-answer bar as high as that group's tokens/NFE."""
+    labels = [m.label for m in BENCH_MODES]
+    figure = plot(result, path)
+    left, right = figure.axes
+    assert [c.get_label().split(":")[0] for c in left.collections] == labels
+    for label, points in zip(labels, left.collections, strict=True):
+        mode = result["modes"][label]
+        assert points.get_offsets().tolist() == [[mode["speedup_vs_hf_generate"], mode["accuracy"]]]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == [c.get_label() for c in left.collections]
+    assert [t.get_text() for t in right.get_xticklabels()] == labels
+    assert [c.get_label() for c in right.containers] == ["short answers", "long answers"]
+    for group, bars in zip(("short", "long"), right.containers, strict=True):
+        heights = [bar.get_height() for bar in bars]
+        assert heights == pytest.approx([result["groups"][group][m]["tokens_per_nfe"] for m in labels])
+        assert [round(bar.get_x() + bar.get_width() / 2) for bar in bars] == list(range(len(labels)))
+    with Image.open(path) as image:  # the file is that figure
+        assert image.format == "PNG" and image.size == tuple(round(s * 120) for s in figure.get_size_inches())

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -20,6 +21,9 @@ from ..eval.accuracy import TaskScore, read_items
 from ..modes import HF_GENERATE
 from ..prompt import ImageLike, Messages
 from ..vlm import DiffusionVLM, GenerationOutput
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: str | Path) -> None:
+def plot(result: dict, path: str | Path) -> Figure:
     """Left: accuracy against speed-up over hf generate, one marker per mode (a legend, not labels
     that collide). Right: tokens per forward pass (tokens/NFE) for short and long answers, the one
-    unit every mode shares (a diffusion block and a draft-verify step are not comparable steps)."""
+    unit every mode shares (a diffusion block and a draft-verify step are not comparable steps).
+    Writes the figure to `path` and returns it (closed: for reading its series, not for showing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,6 +190,7 @@ def plot(result: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 def write_json(result: dict, path: str | Path) -> None:
