@@ -1,19 +1,21 @@
-"""The TTFT benchmark: fusing FastViTHD keeps its outputs, token counts follow the strides, the
-figures add up on tiny models, and bad resolutions fail with one clear error before any building."""
+"""The TTFT benchmark: fusing FastViTHD keeps its outputs, token counts follow the strides, each
+figure is what the parts it names cost (on a clock only the model's parts advance), and bad
+resolutions fail with one clear error before any building."""
 
 from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from fast_dvlm.bench import ttft
 from fast_dvlm.bench.ttft import (
     FastViTHD,
     QwenViT,
     TTFTSizes,
-    answer_ms,
     build_fastvlm,
     build_vit,
     fuse_fastvit,
@@ -87,34 +89,124 @@ def test_visual_tokens_follow_the_strides():
     assert QwenViT.visual_tokens(1036) == 37**2
 
 
-def test_ttft_end_to_end_tiny():
-    result = run_ttft([128, 192], tokens_per_pass=2.5, repeats=1, sizes=TINY, block_size=4, progress=False)
-    json.dumps(result)  # the raw figures are JSON as they are
-    assert result["settings"]["tokens_per_pass"] == 2.5
-    for resolution, r in result["resolutions"].items():
-        fast, vit = r["encoders"]["FastViTHD"], r["encoders"]["Qwen2.5-VL ViT"]
-        side = int(resolution)
-        assert fast["visual_tokens"] == (side // 64) ** 2
-        assert vit["visual_tokens"] == (QwenViT.input_side(side) // 28) ** 2
-        for e in (fast, vit):
-            assert e["ttft_ms"] == pytest.approx(e["vision_ms"] + e["prefill_ms"] + e["head_ms"], abs=1e-6)
-            assert min(e["vision_ms"], e["prefill_ms"], e["head_ms"], e["ar_pass_ms"]) > 0
-            assert e["prompt_tokens"] == e["visual_tokens"] + 20
-        assert r["vit_over_fastvithd"]["visual_tokens"] == vit["visual_tokens"] / fast["visual_tokens"]
-        assert r["vit_over_fastvithd"]["ttft_ms"] == pytest.approx(vit["ttft_ms"] / fast["ttft_ms"])
-        spec_pass = (fast["draft_pass_ms"] + fast["verify_pass_ms"]) / 2
-        answers = r["answer_ms"]
-        assert answers["ViT+AR"] == pytest.approx(vit["ttft_ms"] + 63 * vit["ar_pass_ms"])
-        assert answers["FastViTHD+Fast-dVLM spec-linear"] == pytest.approx(
-            fast["ttft_ms"] + 63 / 2.5 * spec_pass
+class CostClock:
+    """A fake `perf_counter` that advances only when a part of the model runs, by a cost of our choosing.
+
+    Forward hooks on the parts themselves (vision encoders, language model, output head) charge each
+    call, so the study's figures can be checked against what actually ran: a study that timed, summed
+    or averaged the wrong parts reads a different number. A vision call costs 0.1 ms per pixel of
+    side (FastViTHD) or 0.3 (the ViT); the first call per input, the warm-up, costs 1000 ms instead,
+    and the timed ones cost +9 / -3 / 0 ms more in turn (median +0, mean +2). A language-model pass
+    costs 2 ms + 0.5 ms per position, the head 0.25 ms per row."""
+
+    LM, PER_TOKEN, PER_ROW = 2.0, 0.5, 0.25
+    PER_PIXEL = {FastViTHD.label: 0.1, QwenViT.label: 0.3}
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.vision_calls: dict[tuple[str, int], int] = {}
+
+    def __call__(self) -> float:
+        return self.seconds
+
+    def charge(self, ms: float) -> None:
+        self.seconds += ms / 1000
+
+    def vision(self, label: str, side: int) -> float:
+        return self.PER_PIXEL[label] * side
+
+    def charge_vision(self, label: str, side: int) -> None:
+        calls = self.vision_calls[label, side] = self.vision_calls.get((label, side), -1) + 1
+        self.charge(1000.0 if calls == 0 else self.vision(label, side) + (9.0, -3.0, 0.0)[(calls - 1) % 3])
+
+    def lm_pass(self, positions: int, rows: int) -> float:
+        return self.LM + self.PER_TOKEN * positions + self.PER_ROW * rows
+
+    def hook_language_model(self, model: torch.nn.Module) -> None:
+        """Charge every pass of the language model by its positions, and of the head by its rows."""
+        model.model.language_model.register_forward_hook(
+            lambda m, args, kwargs, out: self.charge(
+                self.LM + self.PER_TOKEN * kwargs["inputs_embeds"].shape[1]
+            ),
+            with_kwargs=True,
         )
+        model.lm_head.register_forward_hook(
+            lambda m, args, out: self.charge(self.PER_ROW * args[0].shape[:-1].numel())
+        )
+
+
+def test_ttft_figures_are_what_the_parts_cost(monkeypatch):
+    """On a clock that only the model's parts advance, every figure of the study equals the cost of the
+    parts it names: TTFT = vision + prefill of [visual | 20 text tokens] + a one-row head, each the
+    median of its timed runs without the warm-up; AR, draft and verify passes over the B-token block;
+    answers = TTFT + 63 passes, spec-linear's divided by the tokens per pass."""
+    clock, block, tokens_per_pass = CostClock(), 4, 2.5
+    monkeypatch.setattr(ttft, "time", SimpleNamespace(perf_counter=clock))
+    build_model, build_encoder = ttft.build_fastvlm, ttft.build_vit
+    models = []
+
+    def hooked_fastvlm(sizes, *args, **kwargs):
+        model = build_model(sizes, *args, **kwargs)
+        model.model.vision_tower.register_forward_hook(  # pixels [1, C, side, side]
+            lambda m, args, out: clock.charge_vision(FastViTHD.label, args[0].shape[-1])
+        )
+        clock.hook_language_model(model)
+        models.append(model)
+        return model
+
+    def hooked_vit(sizes, *args, **kwargs):
+        vit = build_encoder(sizes, *args, **kwargs)
+        vit.register_forward_hook(  # (patches, grid [[1, side / 14, side / 14]])
+            lambda m, args, out: clock.charge_vision(QwenViT.label, int(args[1][0, 1]) * QwenViT.patch_size)
+        )
+        return vit
+
+    monkeypatch.setattr(ttft, "build_fastvlm", hooked_fastvlm)
+    monkeypatch.setattr(ttft, "build_vit", hooked_vit)
+    result = run_ttft([128, 192], tokens_per_pass, repeats=3, sizes=TINY, block_size=block, progress=False)
+    json.dumps(result)  # the raw figures are JSON as they are
+    assert len(models) == 1 and result["settings"]["tokens_per_pass"] == tokens_per_pass
+    assert list(result["resolutions"]) == ["128", "192"]
+    for resolution, r in result["resolutions"].items():
+        side = int(resolution)
+        expected = {}
+        for label, input_side, visual in (
+            (FastViTHD.label, side, (side // 64) ** 2),
+            (QwenViT.label, QwenViT.input_side(side), (QwenViT.input_side(side) // 28) ** 2),
+        ):
+            prompt = visual + 20
+            parts = {
+                "vision_ms": clock.vision(label, input_side),
+                "prefill_ms": clock.LM + clock.PER_TOKEN * prompt,
+                "head_ms": clock.PER_ROW,
+            }
+            expected[label] = {
+                "input_side": input_side,
+                "visual_tokens": visual,
+                "prompt_tokens": prompt,
+                **parts,
+                "ttft_ms": sum(parts.values()),
+                "ar_pass_ms": clock.lm_pass(1, 1),
+                "draft_pass_ms": clock.lm_pass(block, block - 1),  # the last row would predict past the block
+                "verify_pass_ms": clock.lm_pass(block, block),
+            }
+        for label, row in r["encoders"].items():
+            assert {k: v for k, v in row.items() if k != "runs"} == pytest.approx(expected[label], rel=1e-9)
+            assert row["runs"] == 3
+        fast, vit = expected[FastViTHD.label], expected[QwenViT.label]
+        spec_pass = (fast["draft_pass_ms"] + fast["verify_pass_ms"]) / 2
+        assert r["answer_ms"] == pytest.approx(
+            {
+                "ViT+AR": vit["ttft_ms"] + 63 * vit["ar_pass_ms"],
+                "FastViTHD+AR": fast["ttft_ms"] + 63 * fast["ar_pass_ms"],
+                "FastViTHD+Fast-dVLM spec-linear": fast["ttft_ms"] + 63 / tokens_per_pass * spec_pass,
+            },
+            rel=1e-9,
+        )
+        ratios = {k: vit[k] / fast[k] for k in ("visual_tokens", "vision_ms", "prefill_ms", "ttft_ms")}
+        assert r["vit_over_fastvithd"] == pytest.approx(ratios, rel=1e-9)
     table = markdown(result)
     assert "| 192² | FastViTHD | 192 | 9 |" in table and "**2.50, passed in by the caller**" in table
-
-
-def test_answer_latency_formula():
-    assert answer_ms(100.0, 10.0, 1.0, answer_tokens=64) == 730.0
-    assert answer_ms(100.0, 10.0, 3.0, answer_tokens=64) == 310.0
 
 
 def test_tokens_per_pass_is_read_not_invented(tmp_path):
