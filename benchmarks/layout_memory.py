@@ -27,8 +27,8 @@ def measure(layout: str, image_size: int, batch: int, repeats: int) -> dict:
     from PIL import Image
 
     from fast_dvlm import DiffusionVLM
-    from fast_dvlm.diffusion.objective import conversion_forward
-    from fast_dvlm.diffusion.recipe import Recipe
+    from fast_dvlm.conversion.objective import conversion_forward
+    from fast_dvlm.conversion.recipe import Recipe
     from fast_dvlm.models.family import TinySize
     from fast_dvlm.models.tiny import build_tiny_model
     from fast_dvlm.train.data import Conversation, render

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fast_dvlm.diffusion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
+from fast_dvlm.conversion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
 
 
 def spec_rule(q, k, clean_attention="causal"):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fast_dvlm import FastDVLMError
-from fast_dvlm.diffusion.recipe import Recipe
+from fast_dvlm.conversion.recipe import Recipe
 from fast_dvlm.train.config import TrainConfig
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "recipe.yaml"

@@ -206,7 +206,7 @@ def test_grouped_training_logs_what_it_trained(workdir, tiny_vlms):
     """The log of a grouped run equals a plain re-run of the same training by hand: the same
     length-grouped batches (not the plain order's), the same per-sample noise, the block size of
     the annealing formula, the cosine learning rate, and AdamW updates between the steps."""
-    from fast_dvlm.diffusion.objective import conversion_forward
+    from fast_dvlm.conversion.objective import conversion_forward
     from fast_dvlm.train.trainer import Schedule, sample_seed
 
     root, data = workdir

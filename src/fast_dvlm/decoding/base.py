@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from ..diffusion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
+from ..conversion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
 from ..errors import FastDVLMError
 from ..settings import (
     BLOCK_SIZE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion.attention import NOISY, Tokens
+from ..conversion.attention import NOISY, Tokens
 from .base import Decoder
 from .session import Session
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..diffusion.attention import CLEAN, Tokens, additive_mask, attention_allowed
+from ..conversion.attention import CLEAN, Tokens, additive_mask, attention_allowed
 from ..errors import FastDVLMError
 from ..models.family import Family, LMInputs
 from ..settings import CleanAttention

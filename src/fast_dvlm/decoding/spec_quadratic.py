@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion.attention import CLEAN, NOISY, Tokens
+from ..conversion.attention import CLEAN, NOISY, Tokens
 from .base import Decoder
 from .session import Session
 from .spec_linear import accepted_length, draft_and_verify

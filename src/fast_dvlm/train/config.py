@@ -8,7 +8,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ..diffusion.recipe import Recipe
+from ..conversion.recipe import Recipe
 from ..errors import FastDVLMError
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import ProcessorMixin
 
-from ..diffusion.objective import Sample
+from ..conversion.objective import Sample
 from ..errors import FastDVLMError
 from ..models.family import Family
 

@@ -21,9 +21,9 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from ..diffusion.loss import LossParts
-from ..diffusion.objective import Sample, conversion_forward
-from ..diffusion.schedule import annealed_block_size
+from ..conversion.loss import LossParts
+from ..conversion.objective import Sample, conversion_forward
+from ..conversion.schedule import annealed_block_size
 from ..errors import FastDVLMError
 from ..models.family import Family
 from ..vlm import DiffusionVLM, load
