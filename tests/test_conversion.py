@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fast_dvlm.decoding import DecodeOptions, Session
-from fast_dvlm.decoding.diffusion import BlockDiffusionDecoder
 from fast_dvlm.conversion.attention import attention_allowed
 from fast_dvlm.conversion.blocks import block_layout
 from fast_dvlm.conversion.layout import build_row
@@ -17,6 +15,8 @@ from fast_dvlm.conversion.noise import noise_masks
 from fast_dvlm.conversion.objective import conversion_forward, layout_batch
 from fast_dvlm.conversion.recipe import Recipe
 from fast_dvlm.conversion.schedule import annealed_block_size
+from fast_dvlm.decoding import DecodeOptions, Session
+from fast_dvlm.decoding.diffusion import BlockDiffusionDecoder
 from fast_dvlm.train.data import Conversation, render
 
 from .conftest import drawn_image
