@@ -44,14 +44,13 @@ from transformers import cache_utils
 
 import fast_dvlm
 from fast_dvlm import DiffusionVLM
-from fast_dvlm.bench.speed import ModeSpec
 from fast_dvlm.data.build import make_example
 from fast_dvlm.decoding.base import Decoder
 from fast_dvlm.models.tiny import build_tiny_model
 from fast_dvlm.vlm import GenerationOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_speed import HEAD_ROWS, SIZES, scene  # noqa: E402  (the same models as the speed tables)
+from decode_speed import HEAD_ROWS, SIZES, ModeSpec, scene  # noqa: E402  (the same models as the speed tables)
 
 MODES = (
     ModeSpec("ar", "ar"),

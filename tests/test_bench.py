@@ -7,9 +7,9 @@ import json
 import pytest
 from PIL import Image
 
-from fast_dvlm.bench.procedural import BENCH_MODES, markdown, plot, report, run_bench, write_json
 from fast_dvlm.data import TASKS
 from fast_dvlm.data.build import build_splits
+from fast_dvlm.eval.bench import BENCH_MODES, markdown, plot, report, run_bench, write_json
 
 
 @pytest.fixture(scope="module")

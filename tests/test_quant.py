@@ -272,8 +272,8 @@ def test_spec_linear_on_the_quantised_model_is_its_own_greedy_ar(quantised, imag
 def test_the_server_serves_the_saved_checkpoint_with_its_own_answers(quantised, saved):
     """quantise -> save -> `fast_dvlm.load` -> serve: the OpenAI endpoint answers what the in-memory
     quantised model decodes, in AR and in a self-speculative mode."""
+    from benchmarks.serve_load import client_for
     from fast_dvlm.serve.app import ServeConfig, create_app
-    from fast_dvlm.serve.load import client_for
     from fast_dvlm.serve.runner import serving_in_background
 
     prompt = "What colour is the shape?"

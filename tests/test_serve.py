@@ -25,10 +25,10 @@ import openai
 import pytest
 from PIL import Image
 
+from benchmarks.serve_load import answered_differently, client_for, drawn_png, mixed_requests, run_load
 from fast_dvlm import DiffusionVLM, load
 from fast_dvlm.cli import main
 from fast_dvlm.serve.app import ServeConfig, create_app
-from fast_dvlm.serve.load import answered_differently, client_for, drawn_png, mixed_requests, run_load
 from fast_dvlm.serve.runner import serving_in_background
 
 MAX_PIXELS = 128 * 128

@@ -11,20 +11,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fast_dvlm.bench import ttft
-from fast_dvlm.bench.ttft import (
+from benchmarks import ttft
+from benchmarks.ttft import (
     FastViTHD,
     QwenViT,
     TTFTSizes,
     build_fastvlm,
     build_vit,
     fuse_fastvit,
+    main,
     markdown,
     measured_tokens_per_pass,
     run_ttft,
     unfused_modules,
 )
-from fast_dvlm.cli import main
 from fast_dvlm.errors import FastDVLMError
 from fast_dvlm.models.family import TinySize
 from fast_dvlm.models.fast_vlm import tiny_fastvit_args
@@ -235,8 +235,8 @@ def test_bad_input_gives_one_clear_error(call, message):
         call()
 
 
-def test_cli_rejects_bad_resolutions_in_one_line(capsys):
-    assert main(["bench", "--ttft", "--resolutions", "256,100"]) == 2
-    assert main(["bench", "--ttft", "--resolutions", "256,big"]) == 2
+def test_the_command_rejects_bad_resolutions_in_one_line(capsys):
+    assert main(["--resolutions", "256,100"]) == 2
+    assert main(["--resolutions", "256,big"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "multiple of 64" in err[0] and "comma-separated integers" in err[1]

@@ -105,13 +105,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    if args.ttft:
-        from .bench.ttft import parse_resolutions, ttft_report
-
-        resolutions = parse_resolutions(args.resolutions)
-        ttft_report(resolutions, args.repeats, args.tokens_per_pass, args.json, plot_path=args.plot)
-        return
-    from .bench.procedural import markdown, plot, report, run_bench, write_json
+    from .eval.bench import markdown, plot, report, run_bench, write_json
     from .vlm import load
 
     if args.split is None:  # the demo recipe's test split, regenerated (it is deterministic)
@@ -196,20 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--json", default=None, help="write the full results as JSON")
     bench.add_argument("--plot", default=None, help="write accuracy-vs-speed and tokens-per-step plots (PNG)")
-    bench.add_argument(
-        "--ttft",
-        action="store_true",
-        help="instead: time to first token of FastViTHD vs the Qwen2.5-VL ViT (random real-size models)",
-    )
-    bench.add_argument("--resolutions", default="256,512,768,1024", help="with --ttft: square image sides")
-    bench.add_argument("--repeats", type=int, default=3, help="with --ttft: timed runs per figure (3)")
-    bench.add_argument(
-        "--tokens-per-pass",
-        type=float,
-        default=None,
-        help="with --ttft: spec-linear's measured tokens/NFE (default: from "
-        "benchmarks/results/bench_demo.json, else 1.0)",
-    )
     bench.set_defaults(run=cmd_bench)
 
     make = commands.add_parser(

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from ..data import TASKS, get_task
-from ..eval.accuracy import TaskScore, read_items
 from ..modes import HF_GENERATE
 from ..prompt import ImageLike, Messages
 from ..vlm import DiffusionVLM, GenerationOutput
+from .accuracy import TaskScore, read_items
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

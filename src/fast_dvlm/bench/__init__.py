@@ -1,1 +1,0 @@
-"""Benchmarks: speed of passes and of decoding modes, accuracy on the procedural tasks."""
