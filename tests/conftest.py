@@ -1,4 +1,8 @@
-"""Tiny random models of every family, built once per test session, fully offline."""
+"""Tiny random models of every family, built once per test session, fully offline.
+
+`FAST_DVLM_DEVICE` (default `cpu`) is the one device switch: the shared models live there, so the
+decoding, cache and conversion tests run on a GPU with `FAST_DVLM_DEVICE=cuda` (benchmarks/gpu/check.sh).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +22,18 @@ FAMILY_NAMES = sorted(name for name, f in FAMILIES.items() if f.image_token)  # 
 # A large init scale makes random models' outputs varied and sensitive to every input detail
 # (image pixels, positions), so equivalence tests can fail when something is off.
 TEST_SIZE = TinySize(init_std=0.3)
+DEVICE = os.environ.get("FAST_DVLM_DEVICE", "cpu")
+
+
+def on_device(vlm: DiffusionVLM) -> DiffusionVLM:
+    """`vlm` with its model moved to the tests' device (float32 everywhere: equality tests stay exact)."""
+    vlm.model.to(DEVICE)
+    return vlm
 
 
 @pytest.fixture(scope="session")
 def tiny_vlms() -> dict[str, DiffusionVLM]:
-    return {name: DiffusionVLM(*build_tiny_model(name, TEST_SIZE)) for name in FAMILY_NAMES}
+    return {name: on_device(DiffusionVLM(*build_tiny_model(name, TEST_SIZE))) for name in FAMILY_NAMES}
 
 
 @pytest.fixture(params=FAMILY_NAMES)

@@ -16,7 +16,7 @@ PROMPTS = [("What colour is the circle?", 24), ("Count the shapes, then answer."
 
 
 def hf_greedy(vlm, prompt, images, max_new_tokens):
-    batch = encode_prompt(vlm.processor, prompt, images)
+    batch = encode_prompt(vlm.processor, prompt, images).to(vlm.model.device)
     with torch.no_grad():
         out = vlm.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     return out[0, batch["input_ids"].shape[1] :].tolist()

@@ -161,7 +161,7 @@ def test_training_logits_equal_decoder_block_logits(tiny_vlms, family_name, two_
         block_start = int(starts.nonzero()[1])
         span = torch.arange(block_start, block_start + block_size)
         block = torch.where(masked[span], torch.tensor(mask_id), sample.input_ids[span])
-        rows = (response_pos[:, None] == span[None, :]).float().argmax(0)
+        rows = (response_pos[:, None] == span[None, :]).float().argmax(0).to(hidden.device)
         train_logits = vlm.family.lm_head(vlm.model)(noisy_rows[rows])
 
         # decoding: prefill the prompt and the clean tokens before the block, then one denoising pass
@@ -171,7 +171,7 @@ def test_training_logits_equal_decoder_block_logits(tiny_vlms, family_name, two_
         prefix["attention_mask"] = sample.batch["attention_mask"][:, :block_start]
         if "mm_token_type_ids" in prefix:
             prefix["mm_token_type_ids"] = sample.batch["mm_token_type_ids"][:, :block_start]
-        session.prefill(vlm.family.embed(vlm.model, type(sample.batch)(prefix)))
+        session.prefill(vlm.family.embed(vlm.model, type(sample.batch)(prefix).to(vlm.model.device)))
         options = DecodeOptions(8, frozenset(), mask_id, block_size=block_size, sub_block_size=block_size)
         decode_logits = BlockDiffusionDecoder(options).denoise_logits(session, block, rows=slice(None))
     assert bool(masked[span].any())

@@ -37,15 +37,18 @@ class Tokens:
 
     @staticmethod
     def make(stream: int | torch.Tensor, pos: torch.Tensor, block: int | torch.Tensor) -> Tokens:
-        n = pos.shape[0]
-        stream_t = torch.as_tensor(stream, dtype=torch.long).expand(n)
-        block_t = torch.as_tensor(block, dtype=torch.long).expand(n)
+        n, device = pos.shape[0], pos.device  # everything on the positions' device: no copies per pass
+        stream_t = torch.as_tensor(stream, dtype=torch.long, device=device).expand(n)
+        block_t = torch.as_tensor(block, dtype=torch.long, device=device).expand(n)
         return Tokens(stream_t, pos.long(), block_t)
 
     @staticmethod
     def cached(length: int) -> Tokens:
         """The clean tokens held by a KV cache of `length` entries."""
         return Tokens.make(CLEAN, torch.arange(length), CACHED_BLOCK)
+
+    def to(self, device: torch.device) -> Tokens:
+        return Tokens(self.stream.to(device), self.pos.to(device), self.block.to(device))
 
     def __add__(self, other: Tokens) -> Tokens:
         return Tokens(
@@ -78,6 +81,6 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     Additive float, never boolean: transformers' eager attention adds the mask to the scores, so
     a boolean one would be silently wrong there; the float form is right for every implementation.
     """
-    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]

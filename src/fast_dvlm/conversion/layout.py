@@ -55,7 +55,7 @@ def build_row(
     parts, pos_parts, token_parts, diff_pred, diff_target = [], [], [], [], []
     offset = 0
     for copy, masked in enumerate(noise, start=1):
-        parts.append(torch.where(masked[kept, None], mask_embedding, embeds[kept]))
+        parts.append(torch.where(masked[kept, None].to(embeds.device), mask_embedding, embeds[kept]))
         pos_parts.append(positions[:, kept])
         token_parts.append(Tokens.make(copy, kept, blocks[kept]))
         row_of = torch.full((length,), -1, dtype=torch.long)
@@ -104,38 +104,45 @@ class RowBatch:
     n_answered: torch.Tensor  # [B]
 
 
-def stack_rows(rows: list[Row], clean_attention: CleanAttention = "causal") -> RowBatch:
-    """Pad rows to a common length. A padding token attends only to itself and nothing attends to it."""
+def stack_rows(
+    rows: list[Row], clean_attention: CleanAttention = "causal", device: torch.device | str | None = None
+) -> RowBatch:
+    """Pad rows to a common length. A padding token attends only to itself and nothing attends to it.
+
+    Everything lands on `device` (default: the embeddings'); the `[B, 1, T, T]` masks are built there,
+    since at real lengths they are the largest tensors of the layout."""
     width = max(r.embeds.shape[0] for r in rows)
     dtype = rows[0].embeds.dtype
+    device = rows[0].embeds.device if device is None else device
     embeds, positions, masks, vision = [], [], [], []
     for r in rows:
         n, pad = r.embeds.shape[0], width - r.embeds.shape[0]
         embeds.append(torch.nn.functional.pad(r.embeds, (0, 0, 0, pad)))
         positions.append(torch.nn.functional.pad(r.positions, (0, pad)))
         vision.append(torch.nn.functional.pad(r.vision, (0, pad)))
-        allowed = torch.eye(width, dtype=torch.bool)
-        allowed[:n, :n] = attention_allowed(r.tokens, r.tokens, clean_attention)
+        allowed = torch.eye(width, dtype=torch.bool, device=device)
+        tokens = r.tokens.to(device)
+        allowed[:n, :n] = attention_allowed(tokens, tokens, clean_attention)
         masks.append(additive_mask(allowed, dtype)[0])
 
     def flat(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.cat([getattr(r, name) + i * width for i, r in enumerate(rows)])
         sample = torch.cat([torch.full_like(getattr(r, name), i) for i, r in enumerate(rows)])
-        return index, sample
+        return index.to(device), sample.to(device)
 
     diff_pred, diff_sample = flat("diff_pred")
     ar_pred, ar_sample = flat("ar_pred")
     return RowBatch(
-        embeds=torch.stack(embeds),
-        positions=torch.stack(positions, dim=1),
+        embeds=torch.stack(embeds).to(device),
+        positions=torch.stack(positions, dim=1).to(device),
         attention_mask=torch.stack(masks),
-        vision=torch.stack(vision),
+        vision=torch.stack(vision).to(device),
         diff_pred=diff_pred,
-        diff_target=torch.cat([r.diff_target for r in rows]),
+        diff_target=torch.cat([r.diff_target for r in rows]).to(device),
         diff_sample=diff_sample,
         ar_pred=ar_pred,
-        ar_target=torch.cat([r.ar_target for r in rows]),
+        ar_target=torch.cat([r.ar_target for r in rows]).to(device),
         ar_sample=ar_sample,
-        n_maskable=torch.tensor([r.n_maskable for r in rows]),
-        n_answered=torch.tensor([r.ar_pred.shape[0] for r in rows]),
+        n_maskable=torch.tensor([r.n_maskable for r in rows], device=device),
+        n_answered=torch.tensor([r.ar_pred.shape[0] for r in rows], device=device),
     )

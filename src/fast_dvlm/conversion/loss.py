@@ -24,7 +24,7 @@ def per_sample_mean(values: torch.Tensor, sample: torch.Tensor, counts: torch.Te
     Normalising inside each sample makes the batch loss a plain mean over samples, so averaging it
     across data-parallel processes gives the same number as one process with the whole batch.
     """
-    sums = torch.zeros(counts.shape[0], dtype=values.dtype).index_add(0, sample, values)
+    sums = torch.zeros(counts.shape[0], dtype=values.dtype, device=values.device).index_add(0, sample, values)
     return (sums / counts.clamp(min=1).to(values.dtype)).mean()
 
 

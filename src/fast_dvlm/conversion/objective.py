@@ -38,14 +38,17 @@ def layout_batch(
     mask_id: int,
 ) -> tuple[RowBatch, dict[str, Any]]:
     """Rows for `samples`, noise drawn from one generator per sample (seeded by `seeds`), so the
-    noise does not depend on how samples are split over processes."""
-    mask_embedding = model.get_input_embeddings()(torch.tensor(mask_id))
+    noise does not depend on how samples are split over processes. The bookkeeping (blocks, noise,
+    indices) is done on the host; embeddings, masks and targets end up on the model's device."""
+    device = model.get_input_embeddings().weight.device
+    mask_embedding = model.get_input_embeddings()(torch.tensor(mask_id, device=device))
     image_token = family.image_token_id(model)
     end_token = end_token_id(model)
     rows, extras = [], []
-    embedded = family.embed_many(model, [sample.batch for sample in samples])
+    # BatchFeature.to moves in place: copies, so the caller's samples stay where they were
+    embedded = family.embed_many(model, [BatchFeature(dict(sample.batch)).to(device) for sample in samples])
     for sample, seed, inputs in zip(samples, seeds, embedded, strict=True):
-        ids, response = sample.input_ids, sample.response
+        ids, response = sample.input_ids.cpu(), sample.response.cpu()
         blocks, block_start = block_layout(response, block_size)
         noise = []  # with no diffusion loss (plain AR training) the noisy copies would be dead weight
         if recipe.alpha_diffusion > 0:
@@ -71,7 +74,7 @@ def layout_batch(
             )
         )
         extras.append(inputs.extra)
-    batch = stack_rows(rows, recipe.clean_attention)
+    batch = stack_rows(rows, recipe.clean_attention, device)
     return batch, merge_extras(extras, batch.vision)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .base import Decoder
 from .session import Session
 
@@ -13,5 +11,5 @@ class ARDecoder(Decoder):
     needs_mask_token = False
 
     def step(self, session: Session, budget: int) -> list[int]:
-        logits = self.causal_logits(session, torch.tensor(session.pending), rows=slice(-1, None))
+        logits = self.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
         return [int(logits.argmax())]

@@ -119,7 +119,7 @@ class Decoder(ABC):
         (the default skips the last row, which would predict past the block).
         """
         start = session.cache_len
-        seq = torch.arange(start, start + block.shape[0])
+        seq = session.next_positions(block.shape[0])
         if mask is None:
             mask = self.block_mask(session, Tokens.make(NOISY, seq, 0))
         logits = session.forward(block, seq, mask, rows)
@@ -131,15 +131,14 @@ class Decoder(ABC):
 
         Returns the logits of `rows`: row j is the AR prediction for the token after block position j.
         """
-        start = session.cache_len
-        seq = torch.arange(start, start + block.shape[0])
+        seq = session.next_positions(block.shape[0])
         mask = None  # transformers' own causal mask over [cache | block] is the C2C rule
         if self.options.clean_attention != "causal":
             mask = self.block_mask(session, Tokens.make(CLEAN, seq, 0))
         return session.forward(block, seq, mask, rows)
 
-    def masked_block(self, known: list[int]) -> torch.Tensor:
+    def masked_block(self, known: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
         """`[known..., MASK ...]`, B tokens: what every block starts from (`known` = the pending tokens)."""
-        block = torch.full((self.options.block_size,), self.options.mask_id, dtype=torch.long)
-        block[: len(known)] = torch.tensor(known)
+        block = torch.full((self.options.block_size,), self.options.mask_id, dtype=torch.long, device=device)
+        block[: len(known)] = torch.tensor(known).to(device, non_blocking=True)
         return block

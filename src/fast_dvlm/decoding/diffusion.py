@@ -19,12 +19,13 @@ class BlockDiffusionDecoder(Decoder):
 
     def step(self, session: Session, budget: int) -> list[int]:
         size, sub, known = self.options.block_size, self.options.sub_block_size, len(session.pending)
+        # the block and its bookkeeping stay on the host: every pass must be read there anyway, to
+        # know whether the sub-block is done (the algorithm's one sync per pass)
         block = self.masked_block(session.pending)
         # tracked apart from the ids: an unconverted model may predict the mask token's id as a seed
         masked = torch.ones(size, dtype=torch.bool)
         masked[:known] = False
-        start = session.cache_len
-        seq = torch.arange(start, start + size)
+        seq = session.next_positions(size)
         mask = self.block_mask(session, Tokens.make(NOISY, seq, 0))  # the same for every pass of this block
         for first in range(0, size, sub):
             last = min(first + sub, size)  # this sub-block is positions first .. last-1
@@ -49,7 +50,7 @@ class BlockDiffusionDecoder(Decoder):
         """
         span = slice(first_position, first_position + logits.shape[0])
         candidates = masked[span]
-        logits = logits.clone()
+        logits = logits.to(torch.float32, copy=True)  # bf16 confidences would round near τ
         logits[:, self.options.mask_id] = float("-inf")  # never "unmask" into the mask token
         confidence, prediction = (t.cpu() for t in logits.softmax(-1).max(-1))
         confidence = torch.where(candidates, confidence, torch.tensor(-1.0))

@@ -6,7 +6,12 @@ M-RoPE it is what the image grids shifted text positions by, so decoding continu
 the prompt's 3-row position ids left off.
 
 Blocks. The session records a block id for every cached position, for the block-causal clean
-stream (Fast-dLLM v2): a causal prompt gives each position its own id, each kept pass one more id.
+stream (Fast-dLLM v2): a causal prompt gives each position its own id, each pass a new, larger id.
+Ids are only ever compared, so a rolled-back pass may leave a gap; `next_block` is a plain counter.
+
+Device. Ids, positions, block ids and masks live on the model's device and are built there from
+Python ints, so a pass copies nothing from the host but the token ids (asynchronously): the only
+host syncs left are the ones an algorithm needs to decide what to keep.
 `pending` holds the known tokens of the block being decoded that are not cached yet: the seed
 (the last committed token), or, with blocks aligned to absolute positions, the prompt's last partial
 block.
@@ -51,7 +56,10 @@ class Session:
         self.prompt_len = 0
         self.tokens: list[int] = []  # committed answer tokens; the last one is not in the cache yet
         self.pending: list[int] = []  # known tokens from the current block's start, not cached yet
-        self.blocks = torch.empty(0, dtype=torch.long)  # block id of each cached position, non-decreasing
+        self.blocks = torch.empty(
+            0, dtype=torch.long, device=self.device
+        )  # per cached position, non-decreasing
+        self.next_block = 0  # the id the next pass gets: larger than every cached one
         self.nfe = 0  # every language-model pass, prefill included
         self.prefill_nfe = 0
 
@@ -74,10 +82,10 @@ class Session:
         """
         self.prompt_len = length = inputs.inputs_embeds.shape[1]
         self.position_offset = int(inputs.position_ids.max()) + 1 - self.prompt_len
-        full, block_ids = length, torch.arange(length)  # causal: every position its own block
+        full, block_ids = length, self.arange(0, length)  # causal: every position its own block
         if aligned_block is not None:
             full = length // aligned_block * aligned_block
-            block_ids = torch.arange(full) // aligned_block
+            block_ids = self.arange(0, full) // aligned_block
             self.pending = prompt_ids[full:].tolist()
             if inputs.extra or not torch.equal(
                 inputs.inputs_embeds[0, full:], self.embed_tokens(prompt_ids[full:])
@@ -90,23 +98,31 @@ class Session:
             return None
         mask = None
         if aligned_block is not None:
-            tokens = Tokens.make(CLEAN, torch.arange(full), block_ids)
+            tokens = Tokens.make(CLEAN, self.arange(0, full), block_ids)
             mask = additive_mask(attention_allowed(tokens, tokens, "block-causal"), self.dtype)
         hidden = self._run(prefix.inputs_embeds, prefix.position_ids, mask, prefix.extra)
         self.prefill_nfe = 1
         self.blocks = block_ids
+        self.next_block = full if aligned_block is None else full // aligned_block
         return None if self.pending else self.lm_head(hidden[0, -1:])[0]
 
-    @property
-    def next_block(self) -> int:
-        """The block id a newly cached pass gets (ids never decrease, so the last one is the largest)."""
-        return int(self.blocks[-1]) + 1 if self.blocks.numel() else 0
+    def arange(self, start: int, stop: int) -> torch.Tensor:
+        """Sequence indices `start .. stop-1` on the model's device."""
+        return torch.arange(start, stop, device=self.device)
+
+    def next_positions(self, n: int) -> torch.Tensor:
+        """Sequence indices of `n` tokens appended after the cache."""
+        return self.arange(self.cache_len, self.cache_len + n)
+
+    def ids(self, tokens: list[int]) -> torch.Tensor:
+        """Token ids on the model's device, copied without waiting for the device's queue."""
+        return torch.tensor(tokens).to(self.device, non_blocking=True)
 
     def cached_tokens(self, length: int | None = None) -> Tokens:
         """The first `length` cached positions as clean tokens. Block ids are shifted below zero, so
         every token of a new pass (block 0 upward) counts as later than all of them."""
         length = self.cache_len if length is None else length
-        return Tokens.make(CLEAN, torch.arange(length), self.blocks[:length] - self.next_block)
+        return Tokens.make(CLEAN, self.arange(0, length), self.blocks[:length] - self.next_block)
 
     def forward(
         self,
@@ -122,7 +138,8 @@ class Session:
         Returns the logits of `logits_rows` only: the output head is a large share of a pass, so
         callers ask for the rows they read.
         """
-        token_ids, seq_index = token_ids.to(self.device), seq_index.to(self.device)
+        token_ids = token_ids.to(self.device, non_blocking=True)
+        seq_index = seq_index.to(self.device, non_blocking=True)
         embeds = self.embed_tokens(token_ids)[None]  # [1, n, D]
         rows = self.family.position_rows
         positions = (seq_index + self.position_offset).view(1, 1, -1).expand(rows, 1, -1)
@@ -130,7 +147,9 @@ class Session:
             hidden = self._run(embeds, positions, attention_mask, {})
         else:
             hidden = self._recompute(embeds, positions, attention_mask)
-        self.blocks = torch.cat([self.blocks, torch.full((token_ids.shape[0],), self.next_block)])
+        new_blocks = torch.full((token_ids.shape[0],), self.next_block, device=self.device)
+        self.blocks = torch.cat([self.blocks, new_blocks])
+        self.next_block += 1
         return self.lm_head(hidden[0, logits_rows])
 
     def rollback(self, keep: int) -> None:
@@ -166,7 +185,7 @@ class Session:
     ) -> torch.Tensor:
         """No-cache pass: run [prefix | new] from scratch; the causal prefix never sees the new tokens."""
         p, n = self.cache_len, embeds.shape[1]
-        cached, new_tokens = self.cached_tokens(), Tokens.make(CLEAN, torch.arange(p, p + n), 0)
+        cached, new_tokens = self.cached_tokens(), Tokens.make(CLEAN, self.arange(p, p + n), 0)
         if mask is None:
             mask = additive_mask(attention_allowed(new_tokens, cached + new_tokens), self.dtype)
         prefix_rows = additive_mask(

@@ -28,9 +28,10 @@ class SpecLinearDecoder(Decoder):
 def draft_and_verify(decoder: Decoder, session: Session) -> list[int]:
     """One linear self-speculation step after the `p` pending tokens (p = 1: the seed)."""
     start, p = session.cache_len, len(session.pending)
-    draft = decoder.masked_block(session.pending)
-    draft[p:] = decoder.denoise_logits(session, draft)[p - 1 :].argmax(-1).cpu()
-    ar = decoder.causal_logits(session, draft).argmax(-1).cpu()  # [B]; ar[i] follows draft[i]
+    draft = decoder.masked_block(session.pending, session.device)
+    draft[p:] = decoder.denoise_logits(session, draft)[p - 1 :].argmax(-1)  # stays on the device
+    ar = decoder.causal_logits(session, draft).argmax(-1)  # [B]; ar[i] follows draft[i]
+    draft, ar = torch.stack([draft, ar]).cpu()  # the step's one host sync: what to keep depends on it
     accepted = accepted_length(draft[p - 1 :], ar[p - 1 :])
     session.rollback(start + p + accepted)  # keep the pending tokens and the confirmed drafts
     return draft[p : p + accepted].tolist() + [int(ar[p - 1 + accepted])]

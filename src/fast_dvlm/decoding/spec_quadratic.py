@@ -28,35 +28,41 @@ class SpecQuadraticDecoder(Decoder):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.draft: torch.Tensor | None = None  # [B], draft[0] is the seed
+        self.draft: torch.Tensor | None = None  # [B] on the model's device, draft[0] is the seed
+        self.seed: int | None = None  # draft[0], known on the host without a sync
 
     def step(self, session: Session, budget: int) -> list[int]:
         size = self.options.block_size
         if len(session.pending) > 1:  # a pending prompt tail: its first block is drafted linearly
             self.draft = None
             return draft_and_verify(self, session)
-        if self.draft is None or int(self.draft[0]) != session.pending[0]:
-            self.draft = self.masked_block(session.pending)
-            self.draft[1:] = self.denoise_logits(session, self.draft).argmax(-1).cpu()
+        if self.draft is None or self.seed != session.pending[0]:
+            self.draft = self.masked_block(session.pending, session.device)
+            self.draft[1:] = self.denoise_logits(session, self.draft).argmax(-1)
         start = session.cache_len
-        tokens, ids = self.layout(start, size)
+        tokens, ids = self.layout(start, size, session.device)
         ids[:size] = self.draft
-        logits = session.forward(ids, tokens.pos, self.block_mask(session, tokens))
-        ar = logits[:size].argmax(-1).cpu()  # [B]; ar[j] follows d_j
-        redrafts = logits[size:].argmax(-1).cpu().view(size, size - 1)  # group j's drafts after ar[j]
-        accepted = accepted_length(self.draft, ar) + 1  # d_0 .. d_{accepted-1} are exact
+        predicted = session.forward(ids, tokens.pos, self.block_mask(session, tokens)).argmax(-1)  # [B²]
+        ar = predicted[:size]  # ar[j] follows d_j
+        redrafts = predicted[size:].view(size, size - 1)  # group j's drafts after ar[j]
+        draft, ar_host = torch.stack([self.draft, ar]).cpu()  # the step's one host sync
+        accepted = accepted_length(draft, ar_host) + 1  # d_0 .. d_{accepted-1} are exact
         session.rollback(start + accepted)
-        committed = self.draft[1:accepted].tolist() + [int(ar[accepted - 1])]
+        committed = draft[1:accepted].tolist() + [int(ar_host[accepted - 1])]
         self.draft = torch.cat([ar[accepted - 1 : accepted], redrafts[accepted - 1]])
+        self.seed = committed[-1]
         return committed
 
-    def layout(self, start: int, size: int) -> tuple[Tokens, torch.Tensor]:
-        """Stream, position and block of the B^2 tokens of one pass, and their ids (masks filled)."""
-        j = torch.arange(size)
+    def layout(
+        self, start: int, size: int, device: torch.device | str = "cpu"
+    ) -> tuple[Tokens, torch.Tensor]:
+        """Stream, position and block of the B^2 tokens of one pass, and their ids (masks filled),
+        built on `device`."""
+        j = torch.arange(size, device=device)
         drafts = Tokens.make(CLEAN, start + j, 2 * j)  # d_j: clean, its own unit
-        offsets = torch.arange(1, size)
+        offsets = torch.arange(1, size, device=device)
         group_pos = (start + j[:, None] + offsets[None, :]).flatten()
         group_block = (2 * j + 1)[:, None].expand(size, size - 1).flatten()  # after d_j, before d_{j+1}
         groups = Tokens.make(NOISY, group_pos, group_block)
-        ids = torch.full((size * size,), self.options.mask_id, dtype=torch.long)
+        ids = torch.full((size * size,), self.options.mask_id, dtype=torch.long, device=device)
         return drafts + groups, ids

@@ -202,7 +202,7 @@ def convert(
         began = time.perf_counter()
         stage, _ = schedule.stage(step)
         block_size = schedule.block_size(step)
-        totals = torch.zeros(3)
+        totals = torch.zeros(3, device=accelerator.device)  # reduced across processes: NCCL needs it there
         for micro in range(config.grad_accum):
             indices = schedule.indices(step, micro)
             samples = fetch(datasets[stage], indices)
