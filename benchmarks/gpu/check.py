@@ -50,6 +50,7 @@ DRY_TESTS = [
     "tests/test_decoding.py::test_accepted_length_on_toy_drafts",
     "tests/test_decoding.py::test_unmask_on_a_toy_vocabulary",
 ]
+TESTS_TIMEOUT = 240  # seconds: the device tests may not eat the other parts' share of the loan
 LOSSLESS = {
     "base-ar": "base-ar",
     "hf-generate": "base-ar",
@@ -84,45 +85,21 @@ class Sizes:
 
 def real_sizes() -> Sizes:
     return Sizes(
-        "cuda",
-        torch.bfloat16,
-        TEST_FILES,
-        1,
-        None,
-        128,
-        LM_SHAPES,
-        E2E_SHAPE,
-        [2**k for k in range(11)],
-        1024,
-        5,
-        256,
-        VLM_3B,
-        4,
-        200,
-        True,
-    )
+        device="cuda", dtype=torch.bfloat16, tests=TEST_FILES,
+        bench_per_task=1, bench_tasks=None, bench_tokens=128,
+        shapes=LM_SHAPES, e2e_shape=E2E_SHAPE, counts=[2**k for k in range(11)], context=1024, repeats=5,
+        new_tokens=256, vlm=VLM_3B, train_batch=2, answer_words=150, real_vocab=True,
+    )  # fmt: skip
 
 
 def dry_sizes() -> Sizes:
     return Sizes(
-        "cpu",
-        torch.float32,
-        DRY_TESTS,
-        1,
-        ("counting", "arithmetic"),
-        12,
-        TINY_LM_SHAPES,
-        "tiny",
-        [1, 2, 4, 8, 16, 64],
-        32,
-        1,
-        24,
-        TinySize(image_size=64),
-        2,
-        8,
-        False,
-        [1, 8],
-    )
+        device="cpu", dtype=torch.float32, tests=DRY_TESTS,
+        bench_per_task=1, bench_tasks=("counting", "arithmetic"), bench_tokens=12,
+        shapes=TINY_LM_SHAPES, e2e_shape="tiny", counts=[1, 2, 4, 8, 16, 64], context=32, repeats=1,
+        new_tokens=24, vlm=TinySize(image_size=64), train_batch=2, answer_words=8, real_vocab=False,
+        fp8_counts=[1, 8],
+    )  # fmt: skip
 
 
 # --- the parts -------------------------------------------------------------------------------------
@@ -142,7 +119,7 @@ def part_tests(sizes: Sizes, out: Path) -> dict:
         f"--junitxml={report}",
         *sizes.tests,
     ]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TESTS_TIMEOUT)
     suite = ET.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     failed = [
@@ -458,10 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             f"[gpu-check] {name}: {'ok' if entry['ok'] else entry['error']} ({entry['seconds']:.1f} s)",
             flush=True,
         )
-        (args.out / "results.json").write_text(
-            json.dumps(results, indent=1, default=str)
-        )  # kept if killed later
-    (args.out / "results.md").write_text(markdown(results))
+        # written after every part, so a run stopped by its time limit keeps what it measured
+        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (args.out / "results.md").write_text(markdown(results))
     return 0 if all(p["ok"] for p in results["parts"].values()) else 1
 
 

@@ -8,4 +8,5 @@ dry=()
 if [[ "${1:-}" == "--dry-run" ]]; then dry=(--dry-run); shift; fi
 out="${1:-${OUT:?give an output folder as the first argument or in \$OUT}}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec python -m benchmarks.gpu.check "${dry[@]}" "$out"
+# 470 s at most: results are written after each part, so a stopped run keeps what it measured
+exec timeout 470 python -m benchmarks.gpu.check "${dry[@]}" "$out"
