@@ -1,13 +1,14 @@
-"""What the Python API promises a user: the model's own default mode, a refused over-long prompt,
-and streamed text free of special tokens."""
+"""What the Python API promises a user: the model's own default mode (one rule for every entry
+point), a refused over-long prompt, and streamed text free of special tokens."""
 
 from __future__ import annotations
 
 import pytest
 
 from fast_dvlm import DiffusionVLM
-from fast_dvlm.errors import ContextLengthError
+from fast_dvlm.errors import ContextLengthError, FastDVLMError
 from fast_dvlm.models.tiny import build_tiny_model
+from fast_dvlm.modes import resolve_mode
 
 from .conftest import TEST_SIZE
 
@@ -32,6 +33,17 @@ def test_the_default_mode_is_the_checkpoint_s(vlm, images, recipe, mode):
     assert out.mode == mode
     assert out.token_ids == vlm.generate("What is shown?", images[:1], "ar", 6).token_ids  # both lossless
     assert vlm.generate("What is shown?", images[:1], "diffusion", 6).mode == "diffusion"  # explicit wins
+
+
+def test_no_mode_means_the_first_mode_given_else_the_model_s_own():
+    """The one rule generate, the CLI, chat, the server (request, then server) and lmms-eval follow."""
+    assert resolve_mode(converted=True) == "spec-linear" and resolve_mode(converted=False) == "ar"
+    assert resolve_mode(None, converted=True) == "spec-linear"
+    assert resolve_mode(None, "diffusion", converted=True) == "diffusion"  # the server's, no request's
+    assert resolve_mode("ar", "diffusion", converted=True) == "ar"  # the request's wins
+    for bad in ("", "fast"):  # only None means no mode: an empty one is refused, not defaulted
+        with pytest.raises(FastDVLMError, match="unknown decoding mode"):
+            resolve_mode(bad, converted=True)
 
 
 @pytest.mark.parametrize("words, max_new_tokens", [(3, 5000), (6000, 8)])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import FastDVLMError
+from .modes import resolve_mode
 from .prompt import Messages, load_image
 from .vlm import DiffusionVLM, GenerationOutput
 
@@ -47,7 +48,7 @@ def chat(
 
     `echo` writes each line read after its prompt: with piped input nothing else shows the
     questions, and the output should read as a transcript."""
-    mode = mode or vlm.default_mode
+    mode = resolve_mode(mode, converted=vlm.settings.converted)
     write(f"{HELP}\nasking about {conversation.path} with mode {mode}")
     while True:
         try:

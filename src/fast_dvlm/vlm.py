@@ -20,7 +20,7 @@ from .models.family import Family
 from .models.mask_token import add_mask_token
 from .models.registry import family_of, get_family
 from .models.released import open_released, released_kind
-from .modes import HF_GENERATE
+from .modes import HF_GENERATE, resolve_mode
 from .prompt import ImageLike, Messages, encode_prompt
 from .quant import is_fp8_checkpoint, load_quantized
 from .settings import DiffusionSettings
@@ -93,7 +93,7 @@ class DiffusionVLM:
     def default_mode(self) -> str:
         """The mode `mode=None` decodes with, everywhere (API, CLI, chat, server, lmms-eval):
         lossless `spec-linear` for a converted checkpoint, `ar` for a model never converted."""
-        return "spec-linear" if self.settings.converted else "ar"
+        return resolve_mode(converted=self.settings.converted)
 
     @property
     def context_length(self) -> int:
@@ -183,7 +183,7 @@ class DiffusionVLM:
         use_cache: bool = True,
     ) -> tuple[Decoder, Session, torch.Tensor | None]:
         """Validate, encode and prefill: everything before the first decoding step."""
-        decoder = make_decoder(self.default_mode if mode is None else mode, options)
+        decoder = make_decoder(resolve_mode(mode, converted=self.settings.converted), options)
         batch = encode_prompt(self.processor, prompt, images)
         return (decoder, *self.prefill(batch, decoder.name, options, use_cache))
 

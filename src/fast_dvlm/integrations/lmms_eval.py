@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..decoding import Session, make_decoder
 from ..errors import FastDVLMError
+from ..modes import resolve_mode
 from ..prompt import encode_prompt
 from ..vlm import load
 
@@ -61,7 +62,7 @@ class FastDVLM(lmms):
         if device not in (None, "cpu"):
             raise FastDVLMError(f"fast_dvlm decodes on the CPU only; got --device {device}")
         self.vlm = load(str(pretrained))
-        self.mode = mode or self.vlm.default_mode
+        self.mode = resolve_mode(mode, converted=self.vlm.settings.converted)
         self.settings = {"block_size": block_size, "sub_block_size": sub_block_size, "threshold": threshold}
         self.max_new_tokens = max_new_tokens
         # a bad mode or block setting fails here, before lmms-eval loads any task

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
 from ..decoding import make_decoder
+from ..modes import resolve_mode
 from ..vlm import DiffusionVLM
 from .access_log import RequestLog
 from .body_limit import BodyLimit
@@ -48,7 +49,9 @@ def create_app(vlm: DiffusionVLM, config: ServeConfig) -> FastAPI:
         messages = [m.to_chat(images.open, f"messages.{i}") for i, m in enumerate(body.messages)]
         cap = body.answer_cap(config.max_tokens)
         options = vlm.decode_options(cap, body.block_size, body.sub_block_size, body.threshold)
-        decoder = make_decoder(body.mode or config.mode or vlm.default_mode, options)
+        decoder = make_decoder(
+            resolve_mode(body.mode, config.mode, converted=vlm.settings.converted), options
+        )
         return Work(messages, decoder, body.stop_strings())
 
     @app.get("/health")

@@ -100,5 +100,6 @@ def serve_with_sglang(args: argparse.Namespace) -> None:
             "SGLang serving needs the sglang extra and a CUDA GPU (pip install 'fast-dvlm[sglang]'); "
             "without them use --engine fast-dvlm"
         )
-    command = sglang_command(args.model, mode=args.mode or "diffusion", host=args.host, port=args.port)
+    mode = "diffusion" if args.mode is None else args.mode  # SGLang's one algorithm, whatever the model
+    command = sglang_command(args.model, mode=mode, host=args.host, port=args.port)
     raise SystemExit(subprocess.call(command))
