@@ -12,6 +12,9 @@ with the transformers classes a real checkpoint loads into. Slow: the real ViT a
 minute a run on 2 cores, so it is timed `--slow-repeats` times.
 
     OMP_NUM_THREADS=2 python benchmarks/ttft.py --out benchmarks/results/ttft
+
+When `fast-dvlm bench` measures a new tokens-per-pass figure, `--recost benchmarks/results/ttft.json`
+costs the stored run's answers again with it, timing nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ RESOLUTIONS = (256, 512, 768, 1024)
 PROMPT_TOKENS = 20  # the text around the image: a short question in a chat template
 ANSWER_TOKENS = 64
 SLOW_RESOLUTION = 1024  # from here on the ViT is timed `slow_repeats` times (over a minute a run on 2 cores)
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
 BENCH_DEMO = RESULTS / "bench_demo.json"  # `fast-dvlm bench --json` of the demo model
 
 # FastVLM-0.5B's language model: Qwen2-0.5B.
@@ -342,7 +346,8 @@ def measured_tokens_per_pass(path: Path = BENCH_DEMO) -> tuple[float, str]:
         value = float(json.loads(path.read_text())["modes"]["spec-linear"]["tokens_per_nfe"])
     except (ValueError, KeyError, TypeError) as exc:
         raise FastDVLMError(f"{path} has no readable modes.spec-linear.tokens_per_nfe ({exc!r})") from None
-    return value, f"measured by `fast-dvlm bench`: {path}, modes.spec-linear.tokens_per_nfe"
+    shown = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
+    return value, f"measured by `fast-dvlm bench`: {shown}, modes.spec-linear.tokens_per_nfe"
 
 
 def run_ttft(
@@ -412,6 +417,21 @@ def run_ttft(
     }
 
 
+def resummarise(result: dict[str, Any], tokens_per_pass: float, source: str) -> dict[str, Any]:
+    """A run's `result` with its answer latencies costed for another tokens-per-pass figure (a newer
+    `fast-dvlm bench`, say) from the pass times it stored: nothing is timed again."""
+    settings = result["settings"] | {
+        "tokens_per_pass": tokens_per_pass,
+        "tokens_per_pass_source": source,
+        "answers_recosted": True,  # from the stored pass times, by --recost
+    }
+    per_resolution = {
+        resolution: summarise(row["encoders"], tokens_per_pass)
+        for resolution, row in result["resolutions"].items()
+    }
+    return result | {"settings": settings, "resolutions": per_resolution}
+
+
 def summarise(rows: dict[str, dict[str, Any]], tokens_per_pass: float) -> dict[str, Any]:
     """Both encoders' rows at one resolution, their ViT/FastViTHD ratios and the answer latencies."""
     fast, vit = rows[FastViTHD.label], rows[QwenViT.label]
@@ -471,7 +491,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Passes costed over a cache of prompt + {n // 2} tokens: AR = 1-token pass; spec-linear = mean "
         f"of its B={s['block_size']} draft and verify passes. Tokens per spec-linear pass: "
         f"**{s['tokens_per_pass']:.2f}, {s['tokens_per_pass_source']}** (random weights accept nothing, so "
-        "this benchmark cannot measure it).",
+        "this benchmark cannot measure it)."
+        + (" Answers costed from stored pass times (`--recost`)." if s.get("answers_recosted") else ""),
         "",
         "| resolution | ViT+AR | FastViTHD+AR | FastViTHD+Fast-dVLM spec-linear | spec-linear vs ViT+AR | "
         "AR pass ms | draft / verify pass ms |",
@@ -529,13 +550,18 @@ def ttft_report(
     markdown_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     slow_repeats: int = 1,
+    timed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark, print its Markdown tables and write what was asked for."""
+    """Run the benchmark (or, given the JSON of a `timed` run, cost its answers again without timing
+    anything), print its Markdown tables and write what was asked for."""
     if tokens_per_pass is None:
         tokens_per_pass, source = measured_tokens_per_pass()
     else:
         source = "given with --tokens-per-pass"
-    result = run_ttft(resolutions, tokens_per_pass, source, repeats, slow_repeats)
+    if timed is None:
+        result = run_ttft(resolutions, tokens_per_pass, source, repeats, slow_repeats)
+    else:
+        result = resummarise(timed, tokens_per_pass, source)
     table = markdown(result)
     print(table)
     if json_path:
@@ -561,9 +587,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="spec-linear's measured tokens/NFE (default: benchmarks/results/bench_demo.json, else 1.0)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "ttft", help="writes OUT.json, .md, .png")
+    parser.add_argument(
+        "--recost",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="time nothing: cost this earlier run's answers again with the current tokens per pass",
+    )
     args = parser.parse_args(argv)
     try:
         resolutions = parse_resolutions(args.resolutions)
+        timed = None if args.recost is None else json.loads(args.recost.read_text())
         args.out.parent.mkdir(parents=True, exist_ok=True)
         ttft_report(
             resolutions,
@@ -573,6 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             markdown_path=args.out.with_suffix(".md"),
             plot_path=args.out.with_suffix(".png"),
             slow_repeats=args.slow_repeats,
+            timed=timed,
         )
     except FastDVLMError as exc:
         print(f"ttft: error: {first_line(exc)}", file=sys.stderr)

@@ -13,6 +13,7 @@ import torch
 
 from benchmarks import ttft
 from benchmarks.ttft import (
+    RESULTS,
     FastViTHD,
     QwenViT,
     TTFTSizes,
@@ -22,6 +23,7 @@ from benchmarks.ttft import (
     main,
     markdown,
     measured_tokens_per_pass,
+    resummarise,
     run_ttft,
     unfused_modules,
 )
@@ -207,6 +209,25 @@ def test_ttft_figures_are_what_the_parts_cost(monkeypatch):
         assert r["vit_over_fastvithd"] == pytest.approx(ratios, rel=1e-9)
     table = markdown(result)
     assert "| 192² | FastViTHD | 192 | 9 |" in table and "**2.50, passed in by the caller**" in table
+
+
+def test_recosting_the_stored_run_with_its_own_figure_gives_it_back_and_a_new_one_moves_only_spec():
+    """`--recost` reuses the pass times of benchmarks/results/ttft.json: with the figure that run used
+    it reproduces every answer latency; with another, only the spec-linear column moves, by the formula."""
+    stored = json.loads((RESULTS / "ttft.json").read_text())
+    used = stored["settings"]["tokens_per_pass"]
+    again = resummarise(stored, used, stored["settings"]["tokens_per_pass_source"])
+    for resolution, row in stored["resolutions"].items():
+        assert again["resolutions"][resolution]["encoders"] == row["encoders"]
+        for key in ("answer_ms", "vit_over_fastvithd"):
+            assert again["resolutions"][resolution][key] == pytest.approx(row[key], rel=1e-12)
+    other = resummarise(stored, 4.0, "a test")["resolutions"]
+    for resolution, row in stored["resolutions"].items():
+        fast = row["encoders"]["FastViTHD"]
+        spec = fast["ttft_ms"] + 63 / 4.0 * (fast["draft_pass_ms"] + fast["verify_pass_ms"]) / 2
+        answers = other[resolution]["answer_ms"]
+        assert answers["FastViTHD+Fast-dVLM spec-linear"] == pytest.approx(spec, rel=1e-12)
+        assert answers["ViT+AR"] == row["answer_ms"]["ViT+AR"]
 
 
 def test_tokens_per_pass_is_read_not_invented(tmp_path):
