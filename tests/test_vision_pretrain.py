@@ -47,3 +47,46 @@ def test_the_head_answers_each_question_and_training_moves_only_the_vision_side(
     tower = "visual." if family == "qwen2_5_vl" else "vision_tower."
     assert any(n.startswith(tower) for n in moved)
     assert all(torch.equal(p, language[n]) for n, p in parts.language_model.named_parameters())
+
+
+def test_the_loss_weighs_each_task_alike_and_focal_spares_what_is_answered_well(tmp_path):
+    paths = build_splits(tmp_path, {"train": 2, "val": 1, "test": 1}, 56, progress=False)
+    vlm = DiffusionVLM(*build_tiny_model("fast_vlm", TinySize(image_size=56)))
+    scenes = read_scenes(paths["train"])
+    trainer = VisionPretrainer(vlm, scenes)
+    with torch.no_grad():
+        logits, targets = trainer.logits(scenes), trainer.targets(scenes)
+        questions = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        tasks = [s.task for s in scenes for _ in s.questions]
+        by_task = {t: questions[[k for k, u in enumerate(tasks) if u == t]].mean() for t in set(tasks)}
+        assert torch.allclose(trainer.loss(scenes, 0.0), torch.stack(list(by_task.values())).mean())
+        p = torch.exp(-questions)
+        focal = questions * (1 - p) ** 2
+        by_task = {t: focal[[k for k, u in enumerate(tasks) if u == t]].mean() for t in set(tasks)}
+        assert torch.allclose(trainer.loss(scenes, 2.0), torch.stack(list(by_task.values())).mean())
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    paths = build_splits(tmp_path, {"train": 3, "val": 1, "test": 1}, 56, progress=False)
+
+    def run(checkpoint=None):
+        vlm = DiffusionVLM(*build_tiny_model("fast_vlm", TinySize(image_size=56)))
+        pretrain_vision(vlm, paths["train"], paths["val"], 4, 4, 1e-3, checkpoint=checkpoint,
+                        checkpoint_every=2, progress=False)  # fmt: skip
+        return vlm.model.state_dict()
+
+    whole = run()
+    loss, calls = VisionPretrainer.loss, []
+
+    def crash_on_third_step(self, scenes, gamma):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return loss(self, scenes, gamma)
+
+    monkeypatch.setattr(VisionPretrainer, "loss", crash_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stage0.pt")
+    monkeypatch.setattr(VisionPretrainer, "loss", loss)
+    resumed = run(tmp_path / "stage0.pt")
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)

@@ -115,6 +115,26 @@ class VisionPretrainer:
     def targets(self, scenes: list[Scene]) -> torch.Tensor:
         return torch.tensor([self.index.get(label, -100) for scene in scenes for label in scene.labels()])
 
+    def loss(self, scenes: list[Scene], focal_gamma: float) -> torch.Tensor:
+        """Focal cross-entropy, averaged within each task, then over the tasks in the batch.
+
+        Plain cross-entropy lets the easy labels (colours, shapes) starve the hard ones (words and
+        digits drawn in the image): measured on the sign task alone, a linear word head over the
+        pooled tower learns (50% after 175 steps) but stays at chance once a colour head shares the
+        tower, and learns again when the colour loss is scaled by 0.1. The focal factor
+        (1 - p)^gamma does that scaling by itself, for whatever is already answered well. Measured
+        on all 11 tasks (FastVLM tower at 192 px, 1000 steps of 32 images): mean validation accuracy
+        29.1% with gamma 2 against 26.8% with gamma 0 (both task-balanced).
+        """
+        logits, targets = self.logits(scenes), self.targets(scenes)
+        tasks = [scene.task for scene in scenes for _ in scene.questions]
+        log_p = torch.log_softmax(logits, -1).gather(1, targets.clamp(min=0)[:, None])[:, 0]
+        per_question = -log_p * (1 - log_p.exp()).pow(focal_gamma) * (targets >= 0)
+        per_task = [
+            per_question[[k for k, t in enumerate(tasks) if t == name]].mean() for name in sorted(set(tasks))
+        ]
+        return torch.stack(per_task).mean()
+
     def parameters(self) -> list[nn.Parameter]:
         return self.vision + list(self.head.parameters())
 
@@ -139,10 +159,17 @@ def pretrain_vision(
     batch_size: int,
     lr: float,
     seed: int = 0,
+    focal_gamma: float = 2.0,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 250,
     progress: bool = True,
 ) -> dict:
     """Train `vlm`'s vision tower in place; returns the head's validation accuracy (first questions,
-    as the test split is scored) and the time taken. `batch_size` counts images."""
+    as the test split is scored) and the training time. `batch_size` counts images.
+
+    With `checkpoint` (a file), the whole state (tower, head, optimizer, schedule, data order) is
+    saved there every `checkpoint_every` steps and picked up by a rerun, which then continues
+    exactly as the uninterrupted run would have."""
     scenes = read_scenes(train_file)
     torch.manual_seed(seed)
     trainer = VisionPretrainer(vlm, scenes)
@@ -150,17 +177,41 @@ def pretrain_vision(
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=lr, weight_decay=0.01)
     scheduler = get_scheduler("cosine", optimizer, steps // 20, steps)
     rng = random.Random(seed)
-    started = time.perf_counter()
-    bar = tqdm(range(steps), desc="vision pre-training", disable=not progress)
-    for _ in bar:
+    done, seconds = 0, 0.0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vlm.model.load_state_dict(state["model"])
+        trainer.head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        done, seconds = state["step"], state["seconds"]
+    started = time.perf_counter() - seconds
+    bar = tqdm(range(done, steps), "vision pre-training", initial=done, total=steps, disable=not progress)
+    for step in bar:
         batch = rng.sample(scenes, batch_size)
-        loss = nn.functional.cross_entropy(trainer.logits(batch), trainer.targets(batch))
+        loss = trainer.loss(batch, focal_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            state = {
+                "model": vlm.model.state_dict(),
+                "head": trainer.head.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step + 1,
+                "seconds": time.perf_counter() - started,
+            }
+            torch.save(state, f"{checkpoint}.tmp")
+            Path(f"{checkpoint}.tmp").replace(checkpoint)  # a crash mid-save leaves the last one whole
+    seconds = time.perf_counter() - started
     vlm.model.eval()
     val = trainer.accuracy(read_scenes(val_file, first_only=True))
-    return {"steps": steps, "seconds": time.perf_counter() - started, "val_accuracy": val}
+    return {"steps": steps, "seconds": seconds, "focal_gamma": focal_gamma, "val_accuracy": val}
