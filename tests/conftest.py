@@ -7,11 +7,14 @@ decoding, cache and conversion tests run on a GPU with `FAST_DVLM_DEVICE=cuda` (
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the pass-cost model (decoding/cost.py) of the test models goes to a folder of this run, not ~/.cache
+os.environ.setdefault("FAST_DVLM_CACHE_DIR", tempfile.mkdtemp(prefix="fast_dvlm_cache_"))
 
 from fast_dvlm import DiffusionVLM  # noqa: E402
 from fast_dvlm.models.family import TinySize  # noqa: E402

@@ -105,6 +105,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    from .decoding.cost import model_pass_cost
     from .eval.bench import markdown, plot, report, run_bench, write_json
     from .vlm import load
 
@@ -122,7 +123,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise FastDVLMError(f"test split not found: {split}")
     models = {"base": load(args.base), "converted": load(args.model)}
     scores = run_bench(models, split, args.per_task, max_new_tokens=args.max_new_tokens)
-    result = report(scores, f"{args.model} (AR base: {args.base})")
+    converted = models["converted"]
+    one_token = model_pass_cost(converted.model, converted.family).seconds[0]
+    result = report(scores, f"{args.model} (AR base: {args.base})", one_token)
     print(markdown(result))
     if args.json:
         write_json(result, args.json)

@@ -158,7 +158,13 @@ class DiffusionVLM:
         return self
 
     def decode_options(
-        self, max_new_tokens: int, block_size: int | None, sub_block_size: int | None, threshold: float | None
+        self,
+        max_new_tokens: int,
+        block_size: int | None,
+        sub_block_size: int | None,
+        threshold: float | None,
+        draft_policy: str = "auto",
+        engine: str = "lean",
     ) -> DecodeOptions:
         s = self.settings
         block_size = s.block_size if block_size is None else block_size
@@ -172,6 +178,8 @@ class DiffusionVLM:
             sub_block_size=sub_block_size,
             threshold=threshold if threshold is not None else s.threshold,
             clean_attention=s.clean_attention,
+            draft_policy=draft_policy,
+            engine=engine,
         )
 
     def _begin(
@@ -194,7 +202,7 @@ class DiffusionVLM:
         (None when blocks are aligned to absolute positions and the prompt's tail is pending)."""
         self.check_context(batch["input_ids"].shape[1], options.max_new_tokens)
         batch = batch.to(self.model.device)
-        session = Session(self.model, self.family, use_cache, options.clean_attention)
+        session = Session(self.model, self.family, use_cache, options.clean_attention, options.engine)
         absolute = self.settings.block_alignment == "absolute" and mode != "ar"
         first_logits = session.prefill(
             self.family.embed(self.model, batch),
@@ -252,15 +260,23 @@ class DiffusionVLM:
         threshold: float | None = None,
         *,
         use_cache: bool = True,
+        draft_policy: str = "auto",
+        engine: str = "lean",
     ) -> GenerationOutput:
         """Answer `prompt` (a string, or chat messages) about `images` with decoding algorithm `mode`
         (None: the model's `default_mode`).
+
+        `draft_policy` ("auto" or "fixed") and `engine` ("lean" or "transformers") change the speed
+        of the speculative modes and of every mode, never the answer: `decoding/policy.py`,
+        `decoding/lean.py`.
 
         `use_cache=False` recomputes the whole prefix on every pass instead of reading a KV cache:
         slow, and there to check that the cache holds exactly what a fresh pass would compute.
         """
         start = time.perf_counter()
-        options = self.decode_options(max_new_tokens, block_size, sub_block_size, threshold)
+        options = self.decode_options(
+            max_new_tokens, block_size, sub_block_size, threshold, draft_policy, engine
+        )
         decoder, session, first_logits = self._begin(prompt, images, mode, options, use_cache)
         for _ in decoder.run(session, first_logits):
             pass

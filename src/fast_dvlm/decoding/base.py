@@ -20,7 +20,8 @@ from ..settings import (
     check_clean_attention,
     validate_block_settings,
 )
-from .session import Session
+from .policy import DRAFT_POLICIES
+from .session import ENGINES, Session
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,16 @@ class DecodeOptions:
     sub_block_size: int = SUB_BLOCK_SIZE
     threshold: float = THRESHOLD
     clean_attention: CleanAttention = "causal"
+    draft_policy: str = "auto"  # speculative modes: "auto" sizes each step's verify pass (policy.py)
+    engine: str = "lean"  # "lean" (decoding/lean.py, where the model allows) or "transformers"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise FastDVLMError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.draft_policy not in DRAFT_POLICIES:
+            raise FastDVLMError(f"draft_policy must be one of {DRAFT_POLICIES}, got {self.draft_policy!r}")
+        if self.engine not in ENGINES:
+            raise FastDVLMError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         validate_block_settings(self.block_size, self.sub_block_size, self.threshold)
         check_clean_attention(self.clean_attention)
 
@@ -137,8 +144,12 @@ class Decoder(ABC):
             mask = self.block_mask(session, Tokens.make(CLEAN, seq, 0))
         return session.forward(block, seq, mask, rows)
 
-    def masked_block(self, known: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
-        """`[known..., MASK ...]`, B tokens: what every block starts from (`known` = the pending tokens)."""
-        block = torch.full((self.options.block_size,), self.options.mask_id, dtype=torch.long, device=device)
+    def masked_block(
+        self, known: list[int], device: torch.device | str = "cpu", size: int | None = None
+    ) -> torch.Tensor:
+        """`[known..., MASK ...]`, B tokens (or `size`): what every block starts from (`known` = the
+        pending tokens)."""
+        size = self.options.block_size if size is None else size
+        block = torch.full((size,), self.options.mask_id, dtype=torch.long, device=device)
         block[: len(known)] = torch.tensor(known).to(device, non_blocking=True)
         return block

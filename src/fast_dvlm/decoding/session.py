@@ -32,6 +32,9 @@ from ..conversion.attention import CLEAN, Tokens, additive_mask, attention_allow
 from ..errors import FastDVLMError
 from ..models.family import Family, LMInputs
 from ..settings import CleanAttention
+from .lean import LeanTextModel
+
+ENGINES = ("lean", "transformers")
 
 
 class Session:
@@ -41,6 +44,7 @@ class Session:
         family: Family,
         use_cache: bool = True,
         clean_attention: CleanAttention = "causal",
+        engine: str = "lean",
     ) -> None:
         self.family = family
         self.clean_attention = clean_attention
@@ -50,7 +54,12 @@ class Session:
         self.dtype = self.embed_tokens.weight.dtype
         self.device = self.embed_tokens.weight.device  # ids, positions and masks move here; logits stay
         self.use_cache = use_cache
-        self.cache = DynamicCache(config=family.text_config(model)) if use_cache else None
+        self.lean: LeanTextModel | None = None  # the lean path (decoding/lean.py) where it runs this model
+        if use_cache and engine == "lean" and LeanTextModel.supports(self.text_model):
+            self.lean = LeanTextModel(self.text_model, self._rope_position_ids)
+        elif engine not in ENGINES:
+            raise FastDVLMError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.cache = DynamicCache(config=family.text_config(model)) if use_cache and not self.lean else None
         self.prefix: LMInputs | None = None  # without a cache: everything a cache would hold
         self.position_offset = 0
         self.prompt_len = 0
@@ -66,6 +75,8 @@ class Session:
     @property
     def cache_len(self) -> int:
         """Number of sequence positions whose keys and values are held (prompt + committed)."""
+        if self.lean is not None:
+            return self.lean.length
         if self.use_cache:
             return self.cache.get_seq_length()
         return self.prefix.inputs_embeds.shape[1]
@@ -141,16 +152,30 @@ class Session:
         token_ids = token_ids.to(self.device, non_blocking=True)
         seq_index = seq_index.to(self.device, non_blocking=True)
         embeds = self.embed_tokens(token_ids)[None]  # [1, n, D]
+        if self.lean is not None:
+            self.nfe += 1
+            cos, sin = self.lean.rope(
+                seq_index + self.position_offset, self.cache_len + self.position_offset + embeds.shape[1]
+            )
+            hidden = self.lean.forward(embeds, cos, sin, attention_mask)
+            return self._after_pass(token_ids.shape[0], hidden, logits_rows)
         rows = self.family.position_rows
         positions = (seq_index + self.position_offset).view(1, 1, -1).expand(rows, 1, -1)
         if self.use_cache:
             hidden = self._run(embeds, positions, attention_mask, {})
         else:
             hidden = self._recompute(embeds, positions, attention_mask)
-        new_blocks = torch.full((token_ids.shape[0],), self.next_block, device=self.device)
-        self.blocks = torch.cat([self.blocks, new_blocks])
+        return self._after_pass(token_ids.shape[0], hidden, logits_rows)
+
+    def _after_pass(self, n: int, hidden: torch.Tensor, logits_rows: slice) -> torch.Tensor:
+        """Record the pass's block id for its `n` new positions; the logits of `logits_rows`."""
+        self.blocks = torch.cat([self.blocks, torch.full((n,), self.next_block, device=self.device)])
         self.next_block += 1
         return self.lm_head(hidden[0, logits_rows])
+
+    def _rope_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """1-D rotary positions `[n]` in the form the text model's rotary embedding takes."""
+        return self.family.lm_position_ids(positions.view(1, 1, -1).expand(self.family.position_rows, 1, -1))
 
     def rollback(self, keep: int) -> None:
         """Forget every cached position from `keep` on."""
@@ -160,13 +185,31 @@ class Session:
         if drop == 0:
             return
         self.blocks = self.blocks[:keep]
-        if self.use_cache:
+        if self.lean is not None:
+            self.lean.truncate(keep)
+        elif self.use_cache:
             self.cache.crop(-drop)  # transformers 5.x: a negative count of positions to drop
         else:
             p = self.prefix
             self.prefix = LMInputs(p.inputs_embeds[:, :keep], p.position_ids[..., :keep], p.extra)
 
     def _run(
+        self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, extra: dict
+    ) -> Any:
+        if self.lean is not None:  # the prompt: the lean loop, or transformers' (DeepStack) copied in
+            if not extra:
+                self.nfe += 1
+                cos, sin = self.lean.prompt_rope(embeds, self.family.lm_position_ids(positions))
+                return self.lean.forward(embeds, cos, sin, mask)
+            self.cache = DynamicCache(config=self.text_model.config)
+            try:
+                return self._run_transformers(embeds, positions, mask, extra)
+            finally:
+                self.lean.load(self.cache)
+                self.cache = None
+        return self._run_transformers(embeds, positions, mask, extra)
+
+    def _run_transformers(
         self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, extra: dict
     ) -> Any:
         self.nfe += 1

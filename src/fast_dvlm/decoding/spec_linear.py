@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from .base import Decoder
+from .cost import PassCost
+from .policy import draft_length, drafts_worth_verifying, verify_count
 from .session import Session
 
 
@@ -17,21 +19,45 @@ def accepted_length(draft: torch.Tensor, ar: torch.Tensor) -> int:
 class SpecLinearDecoder(Decoder):
     """The model drafts a whole block in one bidirectional pass, then checks it as an AR model in
     one causal pass. The confirmed prefix plus the first AR correction are committed, so the output
-    is exactly the model's greedy AR output, in fewer passes."""
+    is exactly the model's greedy AR output, in fewer passes. With `draft_policy="auto"` the causal
+    pass checks only the drafts worth checking (policy.py); nothing else changes."""
 
     name = "spec-linear"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_accepted: int | None = None  # drafts the previous step kept
+
     def step(self, session: Session, budget: int) -> list[int]:
-        return draft_and_verify(self, session)
+        size = self.options.block_size
+        if self.options.draft_policy == "auto":
+            size = draft_length(self.last_accepted, len(session.pending), size)
+        committed = draft_and_verify(self, session, budget, size)
+        self.last_accepted = len(committed) - 1
+        return committed
 
 
-def draft_and_verify(decoder: Decoder, session: Session) -> list[int]:
-    """One linear self-speculation step after the `p` pending tokens (p = 1: the seed)."""
+def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int | None = None) -> list[int]:
+    """One linear self-speculation step after the `p` pending tokens (p = 1: the seed), drafting a
+    block of `size` tokens (default: the block size)."""
     start, p = session.cache_len, len(session.pending)
-    draft = decoder.masked_block(session.pending, session.device)
-    draft[p:] = decoder.denoise_logits(session, draft)[p - 1 :].argmax(-1)  # stays on the device
-    ar = decoder.causal_logits(session, draft).argmax(-1)  # [B]; ar[i] follows draft[i]
-    draft, ar = torch.stack([draft, ar]).cpu()  # the step's one host sync: what to keep depends on it
+    size = decoder.options.block_size if size is None else size
+    auto = decoder.options.draft_policy == "auto"
+    if auto and budget <= 1:  # no draft could be used: the step is one AR pass
+        ar = decoder.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
+        return [int(ar[0].argmax())]
+    draft = decoder.masked_block(session.pending, session.device, size)
+    logits = decoder.denoise_logits(session, draft)[p - 1 :]  # [B - p, V]: the drafted positions
+    draft[p:] = logits.argmax(-1)  # stays on the device
+    verify = size
+    if auto:
+        confidence = logits.float().softmax(-1).amax(-1)
+        drafts, confidence = draft[p:].cpu().tolist(), confidence.cpu().tolist()  # the policy's host read
+        cost = PassCost.of(session)
+        most = drafts_worth_verifying(drafts, decoder.options.stop_ids, budget)
+        verify = p + verify_count(confidence, lambda m: cost(size) + cost(p + m), most)
+    ar = decoder.causal_logits(session, draft[:verify]).argmax(-1)  # [verify]; ar[i] follows draft[i]
+    draft, ar = torch.stack([draft[:verify], ar]).cpu()  # the verdict's host sync: what to keep depends on it
     accepted = accepted_length(draft[p - 1 :], ar[p - 1 :])
     session.rollback(start + p + accepted)  # keep the pending tokens and the confirmed drafts
     return draft[p : p + accepted].tolist() + [int(ar[p - 1 + accepted])]

@@ -11,6 +11,10 @@ B-1 masks. Group j sits at positions L+j+1 .. L+j+B-1, right after d_j:
 So after the pass, for any accepted length a, the next draft is already there: [ar_{a-1}, group a-1].
 The d's come first in the pass so that keeping their keys is a plain cache crop. Each group is
 [d_j, MASK x (B-1)], the same B-token block the model was trained to denoise; B^2 tokens per pass.
+
+With `draft_policy="auto"` a pass holds only the first v drafts and their v groups (vB tokens),
+v chosen by the policy (policy.py) from the draft's confidences, which the previous pass's group
+gave; the accepted length is at most v, so the next draft is still always there.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import torch
 
 from ..conversion.attention import CLEAN, NOISY, Tokens
 from .base import Decoder
+from .cost import PassCost
+from .policy import drafts_worth_verifying, verify_count
 from .session import Session
 from .spec_linear import accepted_length, draft_and_verify
 
@@ -30,39 +36,54 @@ class SpecQuadraticDecoder(Decoder):
         super().__init__(*args, **kwargs)
         self.draft: torch.Tensor | None = None  # [B] on the model's device, draft[0] is the seed
         self.seed: int | None = None  # draft[0], known on the host without a sync
+        self.confidence: list[float] | None = None  # of draft[1:], where the policy needs it
 
     def step(self, session: Session, budget: int) -> list[int]:
         size = self.options.block_size
+        auto = self.options.draft_policy == "auto"
         if len(session.pending) > 1:  # a pending prompt tail: its first block is drafted linearly
             self.draft = None
-            return draft_and_verify(self, session)
+            return draft_and_verify(self, session, budget)
         if self.draft is None or self.seed != session.pending[0]:
             self.draft = self.masked_block(session.pending, session.device)
-            self.draft[1:] = self.denoise_logits(session, self.draft).argmax(-1)
+            logits = self.denoise_logits(session, self.draft)
+            self.draft[1:] = logits.argmax(-1)
+            if auto:
+                self.confidence = logits.float().softmax(-1).amax(-1).cpu().tolist()
+        verify = size
+        if auto:  # v drafts d_0 .. d_{v-1}: the seed and v - 1 drafts
+            cost = PassCost.of(session)
+            most = drafts_worth_verifying(self.draft[1:].cpu().tolist(), self.options.stop_ids, budget)
+            verify = 1 + verify_count(self.confidence, lambda m: cost((m + 1) * size), most)
         start = session.cache_len
-        tokens, ids = self.layout(start, size, session.device)
-        ids[:size] = self.draft
-        predicted = session.forward(ids, tokens.pos, self.block_mask(session, tokens)).argmax(-1)  # [B²]
-        ar = predicted[:size]  # ar[j] follows d_j
-        redrafts = predicted[size:].view(size, size - 1)  # group j's drafts after ar[j]
-        draft, ar_host = torch.stack([self.draft, ar]).cpu()  # the step's one host sync
+        tokens, ids = self.layout(start, size, session.device, verify)
+        ids[:verify] = self.draft[:verify]
+        logits = session.forward(ids, tokens.pos, self.block_mask(session, tokens))  # [vB, V]
+        predicted = logits.argmax(-1)
+        ar = predicted[:verify]  # ar[j] follows d_j
+        redrafts = predicted[verify:].view(verify, size - 1)  # group j's drafts after ar[j]
+        draft, ar_host = torch.stack([self.draft[:verify], ar]).cpu()  # the step's one host sync
         accepted = accepted_length(draft, ar_host) + 1  # d_0 .. d_{accepted-1} are exact
         session.rollback(start + accepted)
         committed = draft[1:accepted].tolist() + [int(ar_host[accepted - 1])]
         self.draft = torch.cat([ar[accepted - 1 : accepted], redrafts[accepted - 1]])
+        if auto:  # the chosen group's confidences, for the next step's policy
+            group = logits[verify:].view(verify, size - 1, -1)[accepted - 1]
+            self.confidence = group.float().softmax(-1).amax(-1).cpu().tolist()
         self.seed = committed[-1]
         return committed
 
     def layout(
-        self, start: int, size: int, device: torch.device | str = "cpu"
+        self, start: int, size: int, device: torch.device | str = "cpu", verify: int | None = None
     ) -> tuple[Tokens, torch.Tensor]:
-        """Stream, position and block of the B^2 tokens of one pass, and their ids (masks filled),
-        built on `device`."""
-        j = torch.arange(size, device=device)
+        """Stream, position and block of the tokens of one pass (the first `verify` drafts, default
+        all B, and as many groups of B - 1 masks), and their ids (masks filled), built on `device`."""
+        verify = size if verify is None else verify
+        j = torch.arange(verify, device=device)
         drafts = Tokens.make(CLEAN, start + j, 2 * j)  # d_j: clean, its own unit
         offsets = torch.arange(1, size, device=device)
         group_pos = (start + j[:, None] + offsets[None, :]).flatten()
-        group_block = (2 * j + 1)[:, None].expand(size, size - 1).flatten()  # after d_j, before d_{j+1}
+        group_block = (2 * j + 1)[:, None].expand(verify, size - 1).flatten()  # after d_j, before d_{j+1}
         groups = Tokens.make(NOISY, group_pos, group_block)
-        ids = torch.full((size * size,), self.options.mask_id, dtype=torch.long, device=device)
+        ids = torch.full((verify * size,), self.options.mask_id, dtype=torch.long, device=device)
         return drafts + groups, ids

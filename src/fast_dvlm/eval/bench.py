@@ -1,8 +1,15 @@
 """`fast-dvlm bench`: accuracy and speed of every decoding mode on the procedural test split, in one run.
 
 The AR base is decoded with transformers' `generate` (the reference speed) and with our `ar`; the
-converted model with `ar`, `diffusion` at three thresholds and both self-speculative modes. Items
-are interleaved across modes, so machine noise hits every mode alike.
+converted model with `ar`, `diffusion` at three thresholds and both self-speculative modes, each on
+the lean path with the drafting policy; the `-before` rows run `ar` and the speculative modes as
+they ran before issue 18 (transformers' forward, the whole block verified), for a before/after
+comparison within one run. Items are interleaved across modes, so machine noise hits every mode
+alike; each mode answers the first item once, untimed, before the run (which also measures the
+pass-cost model where this machine has none on disk).
+
+The ceiling of a mode is the tokens/s it would reach, at its tokens per pass, if every pass cost
+what a 1-token pass costs (the pass-cost model's 1-token time): `tokens_per_nfe / cost(1)`.
 """
 
 from __future__ import annotations
@@ -37,11 +44,21 @@ class BenchMode:
 BENCH_MODES = (
     BenchMode(HF_GENERATE, "base", HF_GENERATE),
     BenchMode("base-ar", "base", "ar"),
+    BenchMode("ar-before", "converted", "ar", {"engine": "transformers"}),
     BenchMode("ar", "converted", "ar"),
     BenchMode("diffusion-t0.9", "converted", "diffusion", {"threshold": 0.9}),
     BenchMode("diffusion-t0.7", "converted", "diffusion", {"threshold": 0.7}),
     BenchMode("diffusion-t0.5", "converted", "diffusion", {"threshold": 0.5}),
+    BenchMode(
+        "spec-linear-before", "converted", "spec-linear", {"engine": "transformers", "draft_policy": "fixed"}
+    ),
     BenchMode("spec-linear", "converted", "spec-linear"),
+    BenchMode(
+        "spec-quadratic-before",
+        "converted",
+        "spec-quadratic",
+        {"block_size": 8, "engine": "transformers", "draft_policy": "fixed"},
+    ),
     BenchMode("spec-quadratic", "converted", "spec-quadratic", {"block_size": 8}),
 )
 
@@ -71,6 +88,10 @@ def run_bench(
     """`{mode label: {task: TaskScore}}` over the split's first `per_task` items of each task."""
     items = read_items(split_file, per_task)
     scores: dict[str, dict[str, TaskScore]] = {m.label: defaultdict(TaskScore) for m in modes}
+    for spec in modes if items else ():  # warm-up, untimed
+        answer(
+            models[spec.model], spec.mode, spec.settings, items[0].question, [items[0].image], max_new_tokens
+        )
     for item in tqdm(items, desc="bench", disable=not progress):
         for spec in modes:
             out = answer(
@@ -87,10 +108,14 @@ def combine(scores: dict[str, TaskScore], tasks: list[str]) -> TaskScore:
     return total
 
 
-def report(scores: dict[str, dict[str, TaskScore]], model_name: str) -> dict:
+def report(
+    scores: dict[str, dict[str, TaskScore]], model_name: str, one_token_pass_s: float | None = None
+) -> dict:
     """The JSON of `fast-dvlm bench --json`: per mode, per task, and the short/long-answer groups.
 
     Accuracy averages are over tasks (each task counts once); speeds pool all tokens and seconds.
+    With `one_token_pass_s` (the converted model's 1-token pass), each mode and group also gets its
+    ceiling (`ceiling_tokens_per_s`) and the share of it reached (`of_ceiling`).
     """
     tasks = [t for t in TASKS if t in next(iter(scores.values()))]
     short = [t for t in tasks if not get_task(t).long_answer]
@@ -99,17 +124,23 @@ def report(scores: dict[str, dict[str, TaskScore]], model_name: str) -> dict:
 
     def figures(score: TaskScore, ref_rate: float, accuracy: float | None = None) -> dict:
         s = score.summary()
-        return {
+        out = {
             "accuracy": s["accuracy"] if accuracy is None else accuracy,
             "tokens_per_nfe": s["tokens_per_nfe"],
             "tokens_per_s": s["tokens_per_s"],
             "speedup_vs_hf_generate": s["tokens_per_s"] / ref_rate,
         }
+        if one_token_pass_s:
+            out["ceiling_tokens_per_s"] = s["tokens_per_nfe"] / one_token_pass_s
+            out["of_ceiling"] = s["tokens_per_s"] / out["ceiling_tokens_per_s"]
+        return out
 
     def task_mean(label: str, group: list[str]) -> float:
         return sum(scores[label][t].summary()["accuracy"] for t in group) / max(len(group), 1)
 
     out: dict = {"model": model_name, "modes": {}, "groups": {}, "tasks": {}}
+    if one_token_pass_s:
+        out["one_token_pass_ms"] = 1000 * one_token_pass_s
     for label, per_task in scores.items():
         out["modes"][label] = figures(combine(per_task, tasks), reference, task_mean(label, tasks))
         for group_name, group in (("short", short), ("long", long)):
@@ -131,7 +162,8 @@ def report(scores: dict[str, dict[str, TaskScore]], model_name: str) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"### `fast-dvlm bench` on {result['model']}", ""]
     header = ("mode", "accuracy (avg of tasks)", "short-answer acc.", "long-answer acc.", "tokens/NFE short",
-              "tokens/NFE long", "tokens/s", "vs hf generate")  # fmt: skip
+              "tokens/NFE long", "tokens/s", "vs hf generate", "vs hf generate, long", "ceiling tokens/s",
+              "of ceiling")  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for label, m in result["modes"].items():
         short, long = (
@@ -142,8 +174,15 @@ def markdown(result: dict) -> str:
             f"| {label} | {m['accuracy']:.1f} | {short.get('accuracy', float('nan')):.1f} | "
             f"{long.get('accuracy', float('nan')):.1f} | {short.get('tokens_per_nfe', float('nan')):.2f} | "
             f"{long.get('tokens_per_nfe', float('nan')):.2f} | {m['tokens_per_s']:.0f} | "
-            f"{m['speedup_vs_hf_generate']:.2f}x |"
+            f"{m['speedup_vs_hf_generate']:.2f}x | {long.get('speedup_vs_hf_generate', float('nan')):.2f}x | "
+            f"{m.get('ceiling_tokens_per_s', float('nan')):.0f} | "
+            f"{100 * m.get('of_ceiling', float('nan')):.0f}% |"
         )
+    if "one_token_pass_ms" in result:
+        lines += [
+            "",
+            f"Ceiling: tokens/NFE over a {result['one_token_pass_ms']:.2f} ms 1-token pass (pass-cost model)",
+        ]
     lines += ["", "Per task (accuracy % / tokens per NFE / speed-up vs hf generate):", ""]
     labels = list(result["modes"])
     lines += ["| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
