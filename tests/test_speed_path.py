@@ -132,12 +132,14 @@ def test_drafts_worth_verifying():
 
 
 def test_draft_length():
-    assert draft_length(None, 1, 32) == 32  # the first step drafts the whole block
-    assert draft_length(0, 1, 32) == 8
-    assert draft_length(3, 1, 32) == 16
-    assert draft_length(20, 1, 32) == 32
-    assert draft_length(20, 1, 4) == 4  # never past the block size
-    assert draft_length(0, 9, 32) == 16  # room for every pending token and a draft
+    curve = PassCost((1, 8, 16, 32), (1.0, 1.2, 1.5, 2.5))  # a CPU-like curve: 32 tokens cost 2.5x one
+    assert draft_length([], 1, 32, curve) == 32  # the first step drafts the whole block
+    assert draft_length([0, 0], 1, 32, curve) == 8  # nothing is accepted: the cheapest draft
+    assert draft_length([40, 40], 1, 32, curve) == 32  # long runs: the whole block
+    assert draft_length([40], 1, 4, curve) == 4  # never past the block size
+    assert draft_length([0], 9, 32, curve) == 10  # room for every pending token and a draft
+    assert draft_length([40], 1, 32, flat()) == 32  # where passes cost alike, the longest that is used
+    assert draft_length([10, 10], 1, 32, flat()) == 16
 
 
 def test_pass_cost_is_measured_once_and_kept_on_disk(tiny_vlms, tmp_path, monkeypatch):

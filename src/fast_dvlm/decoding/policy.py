@@ -8,9 +8,9 @@ picks the m with the most expected tokens per second, then verifies `MARGIN` mor
 small model undershoot its acceptance a little; verifying past the optimum costs little where the
 cost curve is flat), never past the step's budget or a drafted stop token.
 
-The draft itself is shortened the same way: a draft pass costs what its length costs, and a step
-rarely keeps many more drafts than the previous one did, so each step drafts the shortest block of
-8, 16, 32, ... (up to the block size) that holds twice the previous step's committed tokens.
+The draft itself is sized the same way: a draft pass costs what its length costs, so each step drafts
+the block of 8, 16, 32, ... (up to the block size) with the most expected tokens per second, the
+expectation over the accepted counts of the answer's earlier steps.
 
 `draft_policy="fixed"` verifies the whole block, as the algorithms in SPEC.md state them. Neither
 changes what is committed: only the verified prefix is kept, and it is exactly greedy AR.
@@ -61,12 +61,21 @@ def drafts_worth_verifying(drafts: Sequence[int], stop_ids: frozenset[int], budg
     return max(most, 0)
 
 
-def draft_length(last_accepted: int | None, pending: int, block_size: int) -> int:
-    """Tokens to draft this step (pending ones included): the block size on the first step, then the
-    shortest of 8, 16, 32, ... above `pending + 2 * (last_accepted + 1)`, at most the block size."""
-    if last_accepted is None:
+def draft_length(accepted: Sequence[int], pending: int, block_size: int, cost: Callable[[int], float]) -> int:
+    """Tokens to draft this step (pending ones included): the block size on the first step; then,
+    of 8, 16, 32, ... up to the block size, the one with the most expected tokens per second, the
+    expectation taken over this answer's `accepted` counts so far (a draft of d tokens keeps at most
+    d - pending of them; a count that filled its whole draft is recorded doubled, as it was cut)."""
+    if not accepted:
         return block_size
-    size, wanted = SHORTEST_DRAFT, pending + 2 * (last_accepted + 1)
-    while size <= wanted and size < block_size:
+    best, best_rate, size = block_size, 0.0, SHORTEST_DRAFT
+    while True:
+        size = min(max(size, pending + 1), block_size)
+        room = size - pending
+        kept = sum(min(a, room) for a in accepted) / len(accepted)
+        rate = (kept + 1) / (cost(size) + cost(pending + min(room, round(kept) + MARGIN)))
+        if rate > best_rate:
+            best, best_rate = size, rate
+        if size >= block_size:
+            return best
         size *= 2
-    return min(max(size, pending + 1), block_size)

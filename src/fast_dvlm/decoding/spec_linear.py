@@ -26,14 +26,15 @@ class SpecLinearDecoder(Decoder):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.last_accepted: int | None = None  # drafts the previous step kept
+        self.accepted: list[int] = []  # drafts each earlier step kept (doubled where it kept them all)
 
     def step(self, session: Session, budget: int) -> list[int]:
-        size = self.options.block_size
+        size, p = self.options.block_size, len(session.pending)
         if self.options.draft_policy == "auto":
-            size = draft_length(self.last_accepted, len(session.pending), size)
+            size = draft_length(self.accepted, p, size, PassCost.of(session))
         committed = draft_and_verify(self, session, budget, size)
-        self.last_accepted = len(committed) - 1
+        kept = len(committed) - 1
+        self.accepted.append(2 * kept if kept >= size - p else kept)
         return committed
 
 
