@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from fast_dvlm.train.demo_recipe import DemoRecipe, ar_config
+from fast_dvlm.demo.recipe import DemoRecipe, ar_config
 from fast_dvlm.train.trainer import LOG_FILE, convert
 
 

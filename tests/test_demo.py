@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.control import strip_control_codes
 
-from fast_dvlm.demo import median_run, run_demo
+from fast_dvlm.demo.show import median_run, run_demo
 from fast_dvlm.vlm import GenerationOutput
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fast_dvlm import DiffusionVLM
-from fast_dvlm.train.demo_recipe import DemoRecipe, export_fp16, make_demo, write_model_card
+from fast_dvlm.demo.recipe import DemoRecipe, export_fp16, make_demo, write_model_card
 
 
 def test_every_stage_runs_and_a_rerun_skips_them(tmp_path):

@@ -10,9 +10,9 @@ import torch
 
 from fast_dvlm import DiffusionVLM
 from fast_dvlm.data.build import build_splits
+from fast_dvlm.demo.vision_pretrain import VisionPretrainer, pretrain_vision, read_scenes
 from fast_dvlm.models.family import TinySize
 from fast_dvlm.models.tiny import build_tiny_model
-from fast_dvlm.train.vision_pretrain import VisionPretrainer, pretrain_vision, read_scenes
 
 
 def test_scenes_list_every_question_and_old_splits_still_read(tmp_path):

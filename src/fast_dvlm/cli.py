@@ -78,7 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo.show import run_demo
 
     quiet_loading()
     run_demo(args.model, args.base, seed=args.seed, repeats=args.repeats, out_dir=args.out)
@@ -111,7 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.split is None:  # the demo recipe's test split, regenerated (it is deterministic)
         from .data.build import build_splits
-        from .train.demo_recipe import DemoRecipe
+        from .demo.recipe import DemoRecipe
 
         recipe = DemoRecipe()
         split = build_splits(
@@ -134,7 +134,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
-    from .train.demo_recipe import make_demo
+    from .demo.recipe import make_demo
 
     make_demo(args.workdir, export=not args.no_export)
 

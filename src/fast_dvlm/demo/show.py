@@ -15,10 +15,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .data import get_task
-from .data.task import DEMO_SIDE, QA, Task
-from .errors import FastDVLMError
-from .vlm import GenerationOutput, load
+from ..data import get_task
+from ..data.task import DEMO_SIDE, QA, Task
+from ..errors import FastDVLMError
+from ..vlm import GenerationOutput, load
 
 SCENES = ("steps", "chart", "receipt", "map")  # one long answer, three short ones
 MODES = (("spec-linear", {}), ("spec-quadratic", {"block_size": 8}), ("diffusion", {"threshold": 0.9}))

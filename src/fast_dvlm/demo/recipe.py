@@ -21,9 +21,9 @@ from ..data.build import build_splits
 from ..data.task import DEMO_SIDE
 from ..models.family import TinySize
 from ..models.tiny import build_tiny_model
+from ..train.config import TrainConfig
+from ..train.trainer import LOG_FILE, convert
 from ..vlm import DiffusionVLM
-from .config import TrainConfig
-from .trainer import LOG_FILE, convert
 from .vision_pretrain import pretrain_vision
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -195,12 +195,12 @@ def write_model_card(
     (folder / "README.md").write_text(
         f"""# fast-dvlm {name}: tiny {ARCHITECTURES.get(recipe.family, recipe.family)} VLM ({stage})
 
-Made by `fast-dvlm make-demo --workdir {workdir}` (recipe: `fast_dvlm.train.demo_recipe.DemoRecipe`).
+Made by `fast-dvlm make-demo --workdir {workdir}` (recipe: `fast_dvlm.demo.recipe.DemoRecipe`).
 
 - {params / 1e6:.1f}M parameters, stored in fp16; {recipe.image_size}-pixel square images
 - data: the 11 procedural tasks of `fast_dvlm.data`; per task {recipe.train_per_task} training images
   ({recipe.multi_turn:.0%} of them asked 2-3 questions), {split_sizes}
-- vision pre-training (stage 0, `fast_dvlm.train.vision_pretrain`): {recipe.vision_steps} steps of
+- vision pre-training (stage 0, `fast_dvlm.demo.vision_pretrain`): {recipe.vision_steps} steps of
   batch {recipe.batch_size}, lr {recipe.vision_lr}, every question of each image answered by a small
   classifier head
 - AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr}, then a second cycle of
