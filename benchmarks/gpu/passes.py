@@ -134,6 +134,7 @@ def timed_decode(
     options = DecodeOptions(
         new_tokens, frozenset(), mask_id=vocab - 1, block_size=schedule.block_size,
         sub_block_size=schedule.sub_block_size, threshold=0.9,
+        draft_policy="fixed",  # the schedule's whole-block passes, which the curve costs
     )  # fmt: skip
     if schedule.mode == "diffusion":
         decoder = type("Scheduled", (ScheduledDiffusion,), {"per_pass": schedule.per_pass})(options)

@@ -75,6 +75,7 @@ class DiffusionVLM:
         self.settings.mask_token_id = add_mask_token(model, processor.tokenizer)
         self.settings.write_to(model.config)
         self.stop_ids = self._stop_ids()
+        self.engine = "lean"  # the default forward path of every answer (DecodeOptions.engine)
 
     @property
     def tokenizer(self):
@@ -152,7 +153,10 @@ class DiffusionVLM:
         They all count against dynamo's recompile limit (8 by default), which every compiled model
         shares (they enter through the same transformers code), so each call raises it: past it,
         dynamo quietly runs eager. `options` go to `torch.compile` (e.g. `backend`, `mode`).
+        The compiled forward is transformers', so answers then run on that engine instead of the
+        lean loop (which is about as fast on the demo without any compiling: README, speed section).
         """
+        self.engine = "transformers"
         torch._dynamo.config.recompile_limit += GRAPHS_PER_MODEL
         self.family.language_model(self.model).compile(**({"dynamic": True} | options))
         return self
@@ -164,7 +168,7 @@ class DiffusionVLM:
         sub_block_size: int | None,
         threshold: float | None,
         draft_policy: str = "auto",
-        engine: str = "lean",
+        engine: str | None = None,
     ) -> DecodeOptions:
         s = self.settings
         block_size = s.block_size if block_size is None else block_size
@@ -179,7 +183,7 @@ class DiffusionVLM:
             threshold=threshold if threshold is not None else s.threshold,
             clean_attention=s.clean_attention,
             draft_policy=draft_policy,
-            engine=engine,
+            engine=engine or self.engine,
         )
 
     def _begin(
@@ -261,14 +265,14 @@ class DiffusionVLM:
         *,
         use_cache: bool = True,
         draft_policy: str = "auto",
-        engine: str = "lean",
+        engine: str | None = None,
     ) -> GenerationOutput:
         """Answer `prompt` (a string, or chat messages) about `images` with decoding algorithm `mode`
         (None: the model's `default_mode`).
 
-        `draft_policy` ("auto" or "fixed") and `engine` ("lean" or "transformers") change the speed
-        of the speculative modes and of every mode, never the answer: `decoding/policy.py`,
-        `decoding/lean.py`.
+        `draft_policy` ("auto" or "fixed") and `engine` ("lean" or "transformers"; None: the model's,
+        lean unless `compile()` was called) change the speed of the speculative modes and of every
+        mode, never the answer: `decoding/policy.py`, `decoding/lean.py`.
 
         `use_cache=False` recomputes the whole prefix on every pass instead of reading a KV cache:
         slow, and there to check that the cache holds exactly what a fresh pass would compute.

@@ -103,6 +103,13 @@ class Decoder(ABC):
             chunk = self.step(session, self.options.max_new_tokens - len(session.tokens))
             self.trace.append(StepTrace(len(chunk), session.nfe - passes_before))
 
+    @property
+    def sizes_steps(self) -> bool:
+        """Whether the drafting policy sizes this answer's speculative steps: with "auto", where the
+        clean stream is token-causal. A block-causal verify pass reads its whole block, so its length
+        would change the answer; there every step drafts and verifies whole blocks."""
+        return self.options.draft_policy == "auto" and self.options.clean_attention == "causal"
+
     def first_stop(self, tokens: list[int]) -> int | None:
         return next((i for i, t in enumerate(tokens) if t in self.options.stop_ids), None)
 

@@ -30,7 +30,7 @@ class SpecLinearDecoder(Decoder):
 
     def step(self, session: Session, budget: int) -> list[int]:
         size, p = self.options.block_size, len(session.pending)
-        if self.options.draft_policy == "auto":
+        if self.sizes_steps:
             size = draft_length(self.accepted, p, size, PassCost.of(session))
         committed = draft_and_verify(self, session, budget, size)
         kept = len(committed) - 1
@@ -43,7 +43,7 @@ def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int 
     block of `size` tokens (default: the block size)."""
     start, p = session.cache_len, len(session.pending)
     size = decoder.options.block_size if size is None else size
-    auto = decoder.options.draft_policy == "auto"
+    auto = decoder.sizes_steps
     if auto and budget <= 1:  # no draft could be used: the step is one AR pass
         ar = decoder.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
         return [int(ar[0].argmax())]

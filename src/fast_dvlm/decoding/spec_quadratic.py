@@ -40,7 +40,7 @@ class SpecQuadraticDecoder(Decoder):
 
     def step(self, session: Session, budget: int) -> list[int]:
         size = self.options.block_size
-        auto = self.options.draft_policy == "auto"
+        auto = self.sizes_steps
         if len(session.pending) > 1:  # a pending prompt tail: its first block is drafted linearly
             self.draft = None
             return draft_and_verify(self, session, budget)
