@@ -14,6 +14,8 @@ import torch
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
+from .decoding.answer import Answer
+from .decoding.batch import Batch
 from .detokenize import TextStream
 from .errors import ContextLengthError, FastDVLMError, first_line
 from .models.family import Family
@@ -186,34 +188,52 @@ class DiffusionVLM:
             engine=engine or self.engine,
         )
 
-    def _begin(
-        self,
-        prompt: str | Messages,
-        images: Sequence[ImageLike] | None,
-        mode: str | None,
-        options: DecodeOptions,
-        use_cache: bool = True,
-    ) -> tuple[Decoder, Session, torch.Tensor | None]:
-        """Validate, encode and prefill: everything before the first decoding step."""
-        decoder = make_decoder(resolve_mode(mode, converted=self.settings.converted), options)
-        batch = encode_prompt(self.processor, prompt, images)
-        return (decoder, *self.prefill(batch, decoder.name, options, use_cache))
+    def make_decoder(self, mode: str | None, options: DecodeOptions) -> Decoder:
+        """The decoder of `mode` (None: the model's default) with `options`; it holds no answer's
+        state, so one serves every answer decoded with these options."""
+        return make_decoder(resolve_mode(mode, converted=self.settings.converted), options)
 
-    def prefill(
-        self, batch: BatchFeature, mode: str, options: DecodeOptions, use_cache: bool = True
-    ) -> tuple[Session, torch.Tensor | None]:
-        """A new session with the encoded prompt in its cache, and the prefill's first-token logits
-        (None when blocks are aligned to absolute positions and the prompt's tail is pending)."""
+    def encode(self, prompt: str | Messages, images: Sequence[ImageLike] | None, options: DecodeOptions):
+        """The processor's tensors of `prompt` and `images`, checked against the context length."""
+        batch = encode_prompt(self.processor, prompt, images)
         self.check_context(batch["input_ids"].shape[1], options.max_new_tokens)
+        return batch
+
+    def start(
+        self, decoder: Decoder, batch: BatchFeature, use_cache: bool = True, into: Batch | None = None
+    ) -> Answer:
+        """Prefill the encoded prompt and return its answer, ready to decode: alone
+        (`answer.stream()`), or joined to the batch `into`, whose next free row it takes."""
         batch = batch.to(self.model.device)
-        session = Session(self.model, self.family, use_cache, options.clean_attention, options.engine)
-        absolute = self.settings.block_alignment == "absolute" and mode != "ar"
+        options = decoder.options
+        if into is None:
+            session = Session(self.model, self.family, use_cache, options.clean_attention, options.engine)
+        else:
+            session = into.session(options.clean_attention)
+        absolute = self.settings.block_alignment == "absolute" and decoder.name != "ar"
         first_logits = session.prefill(
             self.family.embed(self.model, batch),
             batch["input_ids"][0],
             options.block_size if absolute else None,
         )
-        return session, first_logits
+        answer = Answer(decoder, session, first_logits)
+        if into is not None:
+            into.join(answer)
+        return answer
+
+    def output(self, answer: Answer, seconds: float) -> GenerationOutput:
+        """A decoded answer as a `GenerationOutput`."""
+        session = answer.session
+        return GenerationOutput(
+            text=self.tokenizer.decode(session.tokens, skip_special_tokens=True),
+            token_ids=list(session.tokens),
+            nfe=session.nfe,
+            prefill_nfe=session.prefill_nfe,
+            seconds=seconds,
+            prompt_tokens=session.prompt_len,
+            mode=answer.decoder.name,
+            trace=list(answer.state.trace),
+        )
 
     @torch.inference_mode()
     def stream(
@@ -229,8 +249,8 @@ class DiffusionVLM:
         """Yield the answer's token ids chunk by chunk, as each decoding step commits them (the last
         chunk ends with the stop token, as `GenerationOutput.token_ids` does)."""
         options = self.decode_options(max_new_tokens, block_size, sub_block_size, threshold)
-        decoder, session, first_logits = self._begin(prompt, images, mode, options)
-        yield from decoder.run(session, first_logits)
+        decoder = self.make_decoder(mode, options)
+        yield from self.start(decoder, self.encode(prompt, images, options)).stream()
 
     def stream_text(
         self,
@@ -281,19 +301,64 @@ class DiffusionVLM:
         options = self.decode_options(
             max_new_tokens, block_size, sub_block_size, threshold, draft_policy, engine
         )
-        decoder, session, first_logits = self._begin(prompt, images, mode, options, use_cache)
-        for _ in decoder.run(session, first_logits):
+        decoder = self.make_decoder(mode, options)
+        answer = self.start(decoder, self.encode(prompt, images, options), use_cache)
+        for _ in answer.stream():
             pass
-        return GenerationOutput(
-            text=self.tokenizer.decode(session.tokens, skip_special_tokens=True),
-            token_ids=list(session.tokens),
-            nfe=session.nfe,
-            prefill_nfe=session.prefill_nfe,
-            seconds=time.perf_counter() - start,
-            prompt_tokens=session.prompt_len,
-            mode=decoder.name,
-            trace=list(decoder.trace),
+        return self.output(answer, time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        prompts: Sequence[str | Messages],
+        images: Sequence[Sequence[ImageLike] | None] | None = None,
+        mode: str | None = None,
+        max_new_tokens: int = 128,
+        block_size: int | None = None,
+        sub_block_size: int | None = None,
+        threshold: float | None = None,
+        *,
+        max_batch_size: int | None = None,
+        use_cache: bool = True,
+        draft_policy: str = "auto",
+        engine: str | None = None,
+    ) -> list[GenerationOutput]:
+        """Answer many prompts together, each about its own images (`images[i]`, a list, possibly
+        empty), in one batched forward pass per decoding round (decoding/batch.py); the answers in
+        the order of `prompts`.
+
+        Each answer is the one `generate` gives for its prompt alone: token for token in `ar` and
+        the speculative modes; in `diffusion` up to float rounding at a confidence near τ. Its `nfe`
+        counts the passes it took part in, its `seconds` run from its prefill to its last token. At
+        most `max_batch_size` answers (None: all) decode at once; as one completes, the next prompt
+        joins. Every prompt is encoded and checked before any decoding starts.
+        """
+        if images is None:
+            images = [None] * len(prompts)
+        if len(images) != len(prompts):
+            raise FastDVLMError(
+                f"images must hold one list per prompt: {len(prompts)} prompts, {len(images)} image lists"
+            )
+        if max_batch_size is not None and max_batch_size < 1:
+            raise FastDVLMError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        options = self.decode_options(
+            max_new_tokens, block_size, sub_block_size, threshold, draft_policy, engine
         )
+        decoder = self.make_decoder(mode, options)
+        encoded = [self.encode(p, i, options) for p, i in zip(prompts, images, strict=True)]
+        batch = Batch(self.model, self.family, use_cache, options.engine)
+        size = max_batch_size or max(len(prompts), 1)
+        waiting, started, outputs = list(range(len(prompts)))[::-1], {}, [None] * len(prompts)
+        while waiting or len(batch):
+            while waiting and len(batch) < size:
+                index = waiting.pop()
+                answer = self.start(decoder, encoded[index], use_cache, into=batch)
+                started[id(answer)] = (index, time.perf_counter())
+            for answer, _ in batch.round():
+                if answer.done:
+                    index, began = started.pop(id(answer))
+                    outputs[index] = self.output(answer, time.perf_counter() - began)
+        return outputs
 
     @torch.inference_mode()
     def hf_generate(

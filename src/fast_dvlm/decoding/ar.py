@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Decoder
+from .base import Decoder, DecodeState, Passes
 from .session import Session
 
 
@@ -10,6 +10,6 @@ class ARDecoder(Decoder):
     name = "ar"
     needs_mask_token = False
 
-    def step(self, session: Session, budget: int) -> list[int]:
-        logits = self.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
+    def step(self, session: Session, state: DecodeState, budget: int) -> Passes:
+        logits = yield from self.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
         return [int(logits.argmax())]

@@ -1,11 +1,19 @@
 """The decoding interface: the base class owns the loop and the block passes; each algorithm
-implements `step`."""
+implements `step`.
+
+A decoder holds its options only: everything one answer carries from step to step (its trace, a
+draft) lives in its `DecodeState`, and its cache in its `Session`, so one decoder serves any number
+of answers at once. A step never runs the model itself: it yields each pass it needs (`Pass`) and is
+sent back that pass's logits, so whoever drives it decides how passes run: one at a time
+(`Sequence.stream`, for `generate` and `stream`) or together with other answers' passes in one
+batched forward (`decoding/batch.py`, for `generate_batch` and the server).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Generator
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -57,6 +65,29 @@ class StepTrace:
     passes: int  # language-model forward passes used
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One language-model pass a step asks for: `ids` at sequence indices `seq` after the cache,
+    with the additive `mask` over [cache | ids] (None: causal); the logits of `rows` come back."""
+
+    ids: torch.Tensor
+    seq: torch.Tensor
+    mask: torch.Tensor | None = None
+    rows: slice = field(default_factory=lambda: slice(None))
+
+
+Passes = Generator[Pass, torch.Tensor, list[int]]  # a step: asks for passes, returns what it commits
+Decoding = Generator[Pass | list[int], torch.Tensor | None, None]  # an answer: passes and chunks
+
+
+@dataclass
+class DecodeState:
+    """What one answer carries between steps besides its cache; algorithms that carry more (a
+    draft, the accepted counts the policy reads) extend it."""
+
+    trace: list[StepTrace] = field(default_factory=list)
+
+
 class Decoder(ABC):
     """A decoding algorithm. `step` commits the tokens that follow the pending ones.
 
@@ -68,21 +99,22 @@ class Decoder(ABC):
 
     name: ClassVar[str]
     needs_mask_token: ClassVar[bool] = True
+    State: ClassVar[type[DecodeState]] = DecodeState
 
     def __init__(self, options: DecodeOptions) -> None:
         if self.needs_mask_token and options.mask_id is None:
             raise FastDVLMError(f"mode {self.name!r} needs a mask token id; this model has none")
         self.options = options
-        self.trace: list[StepTrace] = []
 
     @abstractmethod
-    def step(self, session: Session, budget: int) -> list[int]:
-        """Decode and return the tokens that follow the pending ones. Only the first `budget` will be
-        used, so an algorithm may stop early once it knows them (or a stop token with nothing masked
-        before it)."""
+    def step(self, session: Session, state: DecodeState, budget: int) -> Passes:
+        """Decode and return the tokens that follow the pending ones, yielding each pass it needs.
+        Only the first `budget` will be used, so an algorithm may stop early once it knows them (or
+        a stop token with nothing masked before it)."""
 
-    def run(self, session: Session, first_logits: torch.Tensor | None) -> Iterator[list[int]]:
-        """Yield committed tokens chunk by chunk, up to and including the first stop token.
+    def run(self, session: Session, state: DecodeState, first_logits: torch.Tensor | None) -> Decoding:
+        """Yield committed tokens chunk by chunk, up to and including the first stop token, and
+        between them the passes the steps need (each answered by sending back its logits).
 
         `first_logits` is the prefill's prediction of the first answer token, which seeds the first
         block; None when the prompt's tail is already pending (blocks aligned to absolute positions).
@@ -100,8 +132,8 @@ class Decoder(ABC):
             if stop_at is not None or len(session.tokens) >= self.options.max_new_tokens:
                 return
             passes_before = session.nfe
-            chunk = self.step(session, self.options.max_new_tokens - len(session.tokens))
-            self.trace.append(StepTrace(len(chunk), session.nfe - passes_before))
+            chunk = yield from self.step(session, state, self.options.max_new_tokens - len(session.tokens))
+            state.trace.append(StepTrace(len(chunk), session.nfe - passes_before))
 
     @property
     def sizes_steps(self) -> bool:
@@ -126,7 +158,7 @@ class Decoder(ABC):
         block: torch.Tensor,
         mask: torch.Tensor | None = None,
         rows: slice = slice(None, -1),
-    ) -> torch.Tensor:
+    ) -> Passes:
         """Bidirectional pass of a (partly masked) block over the cache; its keys are not kept.
 
         Returns the logits of `rows`; with the token shift, row j predicts block position j + 1
@@ -136,11 +168,11 @@ class Decoder(ABC):
         seq = session.next_positions(block.shape[0])
         if mask is None:
             mask = self.block_mask(session, Tokens.make(NOISY, seq, 0))
-        logits = session.forward(block, seq, mask, rows)
+        logits = yield Pass(block, seq, mask, rows)
         session.rollback(start)
         return logits
 
-    def causal_logits(self, session: Session, block: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+    def causal_logits(self, session: Session, block: torch.Tensor, rows: slice = slice(None)) -> Passes:
         """Causal pass of a fully decoded block; writes its keys to the cache as AR decoding would.
 
         Returns the logits of `rows`: row j is the AR prediction for the token after block position j.
@@ -149,7 +181,7 @@ class Decoder(ABC):
         mask = None  # transformers' own causal mask over [cache | block] is the C2C rule
         if self.options.clean_attention != "causal":
             mask = self.block_mask(session, Tokens.make(CLEAN, seq, 0))
-        return session.forward(block, seq, mask, rows)
+        return (yield Pass(block, seq, mask, rows))
 
     def masked_block(
         self, known: list[int], device: torch.device | str = "cpu", size: int | None = None

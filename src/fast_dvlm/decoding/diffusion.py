@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..conversion.attention import NOISY, Tokens
-from .base import Decoder
+from .base import Decoder, DecodeState, Passes
 from .session import Session
 
 
@@ -17,7 +17,7 @@ class BlockDiffusionDecoder(Decoder):
 
     name = "diffusion"
 
-    def step(self, session: Session, budget: int) -> list[int]:
+    def step(self, session: Session, state: DecodeState, budget: int) -> Passes:
         size, sub, known = self.options.block_size, self.options.sub_block_size, len(session.pending)
         # the block and its bookkeeping stay on the host: every pass must be read there anyway, to
         # know whether the sub-block is done (the algorithm's one sync per pass)
@@ -32,12 +32,12 @@ class BlockDiffusionDecoder(Decoder):
             while masked[first:last].any():
                 # only the rows that predict this sub-block: row j predicts position j + 1
                 rows = slice(max(first - 1, 0), last - 1)
-                logits = self.denoise_logits(session, block, mask, rows)
+                logits = yield from self.denoise_logits(session, block, mask, rows)
                 self.unmask(block, masked, logits, first_position=rows.start + 1)
                 done = self.finished_early(block, masked, known, budget)
                 if done is not None:
                     return done
-        next_seed = int(self.causal_logits(session, block, rows=slice(-1, None))[0].argmax())
+        next_seed = int((yield from self.causal_logits(session, block, rows=slice(-1, None)))[0].argmax())
         return block[known:].tolist() + [next_seed]
 
     def unmask(

@@ -6,9 +6,14 @@ calls, mask building, cache objects; `benchmarks/results/decode_profile.md`). Th
 same arithmetic in the same order as transformers' eager Qwen layers with SDPA attention, and is
 checked against them (tests/test_lean.py): hidden states to float rounding, answers token for token.
 
-- KV cache: per layer a `[1, kv_heads, capacity, head_dim]` key and value buffer; a pass writes
-  its keys at `length .. length+n` and attends over the view `[:length+n]`; rollback is setting
-  `length` (O(1)). The buffers double when full (one copy).
+- KV cache: per layer a `[rows, kv_heads, capacity, head_dim]` key and value buffer, one row per
+  sequence (one for `generate`, one per batch-mate for `generate_batch` and the server), each row
+  with its own length; a pass writes its keys at `length .. length+n` and attends over the view
+  `[:length+n]`; rollback is setting the row's length (O(1)). The buffers double when full (one copy).
+  A `LeanSlot` is one row seen as a cache of its own: what a `Session` holds.
+- Batched passes (`forward_rows`): rows 0 .. r-1 together, each with its own new tokens (padded to
+  the longest) after its own length, under a `[r, 1, m, end]` mask that hides every key past the
+  row's own length; a row's keys and values never meet another row's (attention is per row).
 - RoPE: one cos/sin table per position, built once for the positions a session reaches (decoding
   positions are 1-D: every M-RoPE row holds the same index after the prompt), read by index per pass,
   shared by every layer. The prompt, whose M-RoPE rows differ at the image, runs through the
@@ -70,8 +75,11 @@ class LeanTextModel:
                 return False
         return True
 
-    def __init__(self, text_model: nn.Module, position_ids: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """`position_ids` turns 1-D positions `[n]` into what the model's rotary embedding takes."""
+    def __init__(
+        self, text_model: nn.Module, position_ids: Callable[[torch.Tensor], torch.Tensor], rows: int = 1
+    ) -> None:
+        """`position_ids` turns 1-D positions `[n]` into what the model's rotary embedding takes;
+        `rows` is how many sequences the buffers hold (more are added on demand)."""
         self.model = text_model
         self.layers = list(text_model.layers)
         config = text_model.config
@@ -81,49 +89,75 @@ class LeanTextModel:
         self.position_ids = position_ids
         weight = text_model.norm.weight
         self.dtype, self.device = weight.dtype, weight.device
-        self.length = 0  # positions held
+        self.lengths = [0] * rows  # positions held, per row
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.cos = self.sin = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
         self._reserve(self.CAPACITY)
 
-    def _reserve(self, needed: int) -> None:
-        capacity = self.keys[0].shape[2] if self.keys else 0
-        if needed <= capacity:
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def _reserve(self, needed: int, rows: int | None = None) -> None:
+        """Room for `needed` positions in each of `rows` rows (default: the rows there are). Zeros,
+        not garbage: a batched pass reads keys past a row's length (masked, but NaN * 0 is NaN)."""
+        rows = self.rows if rows is None else rows
+        old_rows, capacity = (self.keys[0].shape[0], self.capacity) if self.keys else (0, 0)
+        if needed <= capacity and rows <= old_rows:
             return
-        new = max(needed, 2 * capacity, self.CAPACITY)
-        shape = (1, self.kv_heads, new, self.head_dim)
+        new = max(needed, 2 * capacity, self.CAPACITY) if needed > capacity else capacity
+        shape = (max(rows, old_rows), self.kv_heads, new, self.head_dim)
         for store in (self.keys, self.values):
             for i in range(len(self.layers)):
-                buffer = torch.empty(shape, dtype=self.dtype, device=self.device)
+                buffer = torch.zeros(shape, dtype=self.dtype, device=self.device)
                 if i < len(store):
-                    buffer[:, :, : self.length] = store[i][:, :, : self.length]
+                    buffer[:old_rows, :, :capacity] = store[i]
                     store[i] = buffer
                 else:
                     store.append(buffer)
+        self.lengths += [0] * (shape[0] - len(self.lengths))
+
+    def slot(self, row: int) -> LeanSlot:
+        """Row `row` as a cache of its own, emptied (rows are added as needed)."""
+        self._reserve(self.capacity, row + 1)
+        self.lengths[row] = 0
+        return LeanSlot(self, row)
+
+    def move(self, source: int, target: int) -> None:
+        """Copy row `source`'s cache into row `target` (a batch closing the gap a sequence left)."""
+        length = self.lengths[source]
+        for store in (self.keys, self.values):
+            for buffer in store:
+                buffer[target, :, :length] = buffer[source, :, :length]
+        self.lengths[target] = length
 
     def rope(self, positions: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin `[1, 1, n, d]` of 1-D `positions` (all below `upto`), from the table."""
+        """cos, sin `[1, 1, n, d]` of 1-D `positions` `[n]` (`[r, 1, m, d]` of `[r, m]`), all below
+        `upto`, from the table."""
         if upto > self.cos.shape[0]:
             size = max(upto, 2 * self.cos.shape[0], self.CAPACITY)
             every = self.position_ids(torch.arange(size, device=self.device))
             probe = torch.empty(1, 1, 1, dtype=self.dtype, device=self.device)
             cos, sin = self.model.rotary_emb(probe, every)  # [1, size, d]
             self.cos, self.sin = cos[0], sin[0]
-        return self.cos[positions][None, None], self.sin[positions][None, None]
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 1:
+            return cos[None, None], sin[None, None]
+        return cos[:, None], sin[:, None]
 
-    def truncate(self, keep: int) -> None:
-        """Forget every position from `keep` on: O(1), the buffers are simply overwritten later."""
-        self.length = keep
-
-    def load(self, cache) -> None:
-        """Copy a transformers cache (a prefill run through the model itself) into the buffers."""
+    def load(self, cache, row: int = 0) -> None:
+        """Copy a transformers cache (a prefill run through the model itself) into row `row`."""
         length = cache.get_seq_length()
         self._reserve(length)
         for i, layer in enumerate(cache.layers):
-            self.keys[i][:, :, :length] = layer.keys
-            self.values[i][:, :, :length] = layer.values
-        self.length = length
+            self.keys[i][row, :, :length] = layer.keys[0]
+            self.values[i][row, :, :length] = layer.values[0]
+        self.lengths[row] = length
 
     def prompt_rope(
         self, embeds: torch.Tensor, lm_position_ids: torch.Tensor
@@ -138,13 +172,14 @@ class LeanTextModel:
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
+        row: int = 0,
     ) -> torch.Tensor:
-        """Run `embeds` ([1, n, D]) after the cached positions; their keys and values are kept.
+        """Run `embeds` ([1, n, D]) after row `row`'s cached positions; their keys and values are kept.
 
         `mask`: additive `[1, 1, n, length + n]`, or None for causal. Returns the final-norm hidden
         states `[1, n, D]`.
         """
-        n, start = embeds.shape[1], self.length
+        n, start = embeds.shape[1], self.lengths[row]
         end = start + n
         self._reserve(end)
         is_causal = False
@@ -152,34 +187,120 @@ class LeanTextModel:
             if start == 0:
                 is_causal = True  # a fresh causal pass: SDPA's own causal mask, as transformers uses
             else:
-                allowed = (
-                    torch.arange(end, device=self.device)[None]
-                    <= torch.arange(start, end, device=self.device)[:, None]
-                )
-                mask = torch.zeros(n, end, dtype=self.dtype, device=self.device).masked_fill_(
-                    ~allowed, torch.finfo(self.dtype).min
-                )[None, None]
+                mask = self.causal_mask(torch.tensor([start]), n, end)
+        rows = slice(row, row + 1)
+
+        def write(store: torch.Tensor, new: torch.Tensor) -> None:
+            store[rows, :, start:end] = new
+
+        hidden = self._layers(embeds, cos, sin, mask, is_causal, rows, end, write)
+        self.lengths[row] = end
+        return hidden
+
+    def forward_rows(
+        self,
+        embeds: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        counts: list[int],
+    ) -> torch.Tensor:
+        """One pass of rows 0 .. r-1 together: row b's `counts[b]` new tokens (`embeds` `[r, m, D]`,
+        padded to the longest, m) after its own cached positions; their keys are kept.
+
+        `mask`: additive `[r, 1, m, end]` (end: the longest row's length after the pass), which must
+        hide from each row every key at or past its own new length (`causal_mask` does). The padding
+        tokens' keys land past the row's new length, where nothing reads them before they are
+        overwritten. Returns the final-norm hidden states `[r, m, D]`.
+        """
+        r, m = embeds.shape[:2]
+        starts = torch.tensor(self.lengths[:r], device=self.device)
+        end = mask.shape[-1]
+        self._reserve(int(starts.max()) + m)
+        row_index = torch.arange(r, device=self.device)[:, None].expand(r, m)
+        slot_index = starts[:, None] + torch.arange(m, device=self.device)[None]  # [r, m]
+
+        def write(store: torch.Tensor, new: torch.Tensor) -> None:
+            store[row_index, :, slot_index] = new.transpose(1, 2)  # [r, m, kv, d]
+
+        hidden = self._layers(embeds, cos, sin, mask, False, slice(0, r), end, write)
+        for b, n in enumerate(counts):
+            self.lengths[b] += n
+        return hidden
+
+    def causal_mask(self, starts: torch.Tensor, m: int, end: int) -> torch.Tensor:
+        """Additive `[r, 1, m, end]`: new token i of row b sees the keys up to its own index
+        `starts[b] + i` and none after (the C2C rule of `attention_allowed`, for many rows at once)."""
+        keys = torch.arange(end, device=self.device)
+        queries = starts.to(self.device)[:, None] + torch.arange(m, device=self.device)[None]  # [r, m]
+        allowed = keys[None, None] <= queries[:, :, None]
+        blocked = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return blocked.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
+
+    def _layers(
+        self,
+        embeds: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        rows: slice,
+        end: int,
+        write: Callable[[torch.Tensor, torch.Tensor], None],
+    ) -> torch.Tensor:
+        """The decoder layers over `embeds` `[r, n, D]`: `write` stores each layer's new keys and
+        values (`[r, kv, n, d]`) into its buffers, attention reads buffer rows `rows` up to `end`."""
+        r, n = embeds.shape[:2]
         if mask is not None:
             mask = mask.to(self.dtype)
         h = embeds
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = rms_norm(layer.input_layernorm, h)
-            q = attn.q_proj(x).view(1, n, -1, self.head_dim)
-            k = attn.k_proj(x).view(1, n, -1, self.head_dim)
+            q = attn.q_proj(x).view(r, n, -1, self.head_dim)
+            k = attn.k_proj(x).view(r, n, -1, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: per-head norms before the rotation
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
             keys, values = self.keys[i], self.values[i]
-            keys[:, :, start:end] = k
-            values[:, :, start:end] = attn.v_proj(x).view(1, n, -1, self.head_dim).transpose(1, 2)
+            write(keys, k)
+            write(values, attn.v_proj(x).view(r, n, -1, self.head_dim).transpose(1, 2))
             out = F.scaled_dot_product_attention(
-                q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, scale=attn.scaling,
+                q, keys[rows, :, :end], values[rows, :, :end], attn_mask=mask, scale=attn.scaling,
                 is_causal=is_causal, enable_gqa=self.heads != self.kv_heads,
             )  # fmt: skip
-            h = h + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(r, n, -1))
             x = rms_norm(layer.post_attention_layernorm, h)
             mlp = layer.mlp
             h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
-        self.length = end
         return rms_norm(self.model.norm, h)
+
+
+class LeanSlot:
+    """One row of a `LeanTextModel`: the cache a `Session` reads and writes, as if it were alone."""
+
+    def __init__(self, model: LeanTextModel, row: int) -> None:
+        self.model = model
+        self.row = row  # changes when a batch moves this sequence to close a gap
+
+    @property
+    def length(self) -> int:
+        return self.model.lengths[self.row]
+
+    def truncate(self, keep: int) -> None:
+        """Forget every position from `keep` on: O(1), the buffers are simply overwritten later."""
+        self.model.lengths[self.row] = keep
+
+    def load(self, cache) -> None:
+        self.model.load(cache, self.row)
+
+    def rope(self, positions: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.rope(positions, upto)
+
+    def prompt_rope(self, embeds: torch.Tensor, lm_position_ids: torch.Tensor):
+        return self.model.prompt_rope(embeds, lm_position_ids)
+
+    def forward(
+        self, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self.model.forward(embeds, cos, sin, mask, self.row)

@@ -23,6 +23,7 @@ check that the cache holds exactly what a fresh causal pass would compute.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,9 +33,19 @@ from ..conversion.attention import CLEAN, Tokens, additive_mask, attention_allow
 from ..errors import FastDVLMError
 from ..models.family import Family, LMInputs
 from ..settings import CleanAttention
-from .lean import LeanTextModel
+from .lean import LeanSlot, LeanTextModel
 
 ENGINES = ("lean", "transformers")
+
+
+def rope_position_ids(family: Family, positions: torch.Tensor) -> torch.Tensor:
+    """1-D rotary positions `[n]` in the form the text model's rotary embedding takes."""
+    return family.lm_position_ids(positions.view(1, 1, -1).expand(family.position_rows, 1, -1))
+
+
+def lean_runs(text_model: torch.nn.Module, use_cache: bool, engine: str) -> bool:
+    """Whether a session over `text_model` decodes on the lean path."""
+    return use_cache and engine == "lean" and LeanTextModel.supports(text_model)
 
 
 class Session:
@@ -45,7 +56,9 @@ class Session:
         use_cache: bool = True,
         clean_attention: CleanAttention = "causal",
         engine: str = "lean",
+        slot: LeanSlot | None = None,
     ) -> None:
+        """`slot`: a row of a shared lean cache (a batch's), used instead of a cache of its own."""
         self.family = family
         self.clean_attention = clean_attention
         self.text_model = family.language_model(model)
@@ -54,9 +67,9 @@ class Session:
         self.dtype = self.embed_tokens.weight.dtype
         self.device = self.embed_tokens.weight.device  # ids, positions and masks move here; logits stay
         self.use_cache = use_cache
-        self.lean: LeanTextModel | None = None  # the lean path (decoding/lean.py) where it runs this model
-        if use_cache and engine == "lean" and LeanTextModel.supports(self.text_model):
-            self.lean = LeanTextModel(self.text_model, self._rope_position_ids)
+        self.lean: LeanSlot | None = slot  # the lean path (decoding/lean.py) where it runs this model
+        if slot is None and lean_runs(self.text_model, use_cache, engine):
+            self.lean = LeanTextModel(self.text_model, partial(rope_position_ids, family)).slot(0)
         elif engine not in ENGINES:
             raise FastDVLMError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.cache = DynamicCache(config=family.text_config(model)) if use_cache and not self.lean else None
@@ -169,13 +182,13 @@ class Session:
 
     def _after_pass(self, n: int, hidden: torch.Tensor, logits_rows: slice) -> torch.Tensor:
         """Record the pass's block id for its `n` new positions; the logits of `logits_rows`."""
-        self.blocks = torch.cat([self.blocks, torch.full((n,), self.next_block, device=self.device)])
-        self.next_block += 1
+        self.record_pass(n)
         return self.lm_head(hidden[0, logits_rows])
 
-    def _rope_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
-        """1-D rotary positions `[n]` in the form the text model's rotary embedding takes."""
-        return self.family.lm_position_ids(positions.view(1, 1, -1).expand(self.family.position_rows, 1, -1))
+    def record_pass(self, n: int) -> None:
+        """The pass's block id for its `n` new positions (a batched pass records each row's here)."""
+        self.blocks = torch.cat([self.blocks, torch.full((n,), self.next_block, device=self.device)])
+        self.next_block += 1
 
     def rollback(self, keep: int) -> None:
         """Forget every cached position from `keep` on."""

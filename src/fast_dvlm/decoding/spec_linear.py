@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from .base import Decoder
+from .base import Decoder, DecodeState, Passes
 from .cost import PassCost
 from .policy import draft_length, drafts_worth_verifying, verify_count
 from .session import Session
@@ -24,31 +26,31 @@ class SpecLinearDecoder(Decoder):
 
     name = "spec-linear"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.accepted: list[int] = []  # drafts each earlier step kept (doubled where it kept them all)
+    @dataclass
+    class State(DecodeState):
+        accepted: list[int] = field(default_factory=list)  # drafts each step kept (doubled: all kept)
 
-    def step(self, session: Session, budget: int) -> list[int]:
+    def step(self, session: Session, state: State, budget: int) -> Passes:
         size, p = self.options.block_size, len(session.pending)
         if self.sizes_steps:
-            size = draft_length(self.accepted, p, size, PassCost.of(session))
-        committed = draft_and_verify(self, session, budget, size)
+            size = draft_length(state.accepted, p, size, PassCost.of(session))
+        committed = yield from draft_and_verify(self, session, budget, size)
         kept = len(committed) - 1
-        self.accepted.append(2 * kept if kept >= size - p else kept)
+        state.accepted.append(2 * kept if kept >= size - p else kept)
         return committed
 
 
-def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int | None = None) -> list[int]:
+def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int | None = None) -> Passes:
     """One linear self-speculation step after the `p` pending tokens (p = 1: the seed), drafting a
     block of `size` tokens (default: the block size)."""
     start, p = session.cache_len, len(session.pending)
     size = decoder.options.block_size if size is None else size
     auto = decoder.sizes_steps
     if auto and budget <= 1:  # no draft could be used: the step is one AR pass
-        ar = decoder.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
+        ar = yield from decoder.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
         return [int(ar[0].argmax())]
     draft = decoder.masked_block(session.pending, session.device, size)
-    logits = decoder.denoise_logits(session, draft)[p - 1 :]  # [B - p, V]: the drafted positions
+    logits = (yield from decoder.denoise_logits(session, draft))[p - 1 :]  # [B - p, V]: the drafted positions
     draft[p:] = logits.argmax(-1)  # stays on the device
     verify = size
     if auto:
@@ -57,7 +59,9 @@ def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int 
         cost = PassCost.of(session)
         most = drafts_worth_verifying(drafts, decoder.options.stop_ids, budget)
         verify = p + verify_count(confidence, lambda m: cost(size) + cost(p + m), most)
-    ar = decoder.causal_logits(session, draft[:verify]).argmax(-1)  # [verify]; ar[i] follows draft[i]
+    ar = (yield from decoder.causal_logits(session, draft[:verify])).argmax(
+        -1
+    )  # [verify]; ar[i] follows draft[i]
     draft, ar = torch.stack([draft[:verify], ar]).cpu()  # the verdict's host sync: what to keep depends on it
     accepted = accepted_length(draft[p - 1 :], ar[p - 1 :])
     session.rollback(start + p + accepted)  # keep the pending tokens and the confirmed drafts

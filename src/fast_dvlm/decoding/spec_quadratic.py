@@ -19,10 +19,12 @@ gave; the accepted length is at most v, so the next draft is still always there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..conversion.attention import CLEAN, NOISY, Tokens
-from .base import Decoder
+from .base import Decoder, DecodeState, Pass, Passes
 from .cost import PassCost
 from .policy import drafts_worth_verifying, verify_count
 from .session import Session
@@ -32,45 +34,45 @@ from .spec_linear import accepted_length, draft_and_verify
 class SpecQuadraticDecoder(Decoder):
     name = "spec-quadratic"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.draft: torch.Tensor | None = None  # [B] on the model's device, draft[0] is the seed
-        self.seed: int | None = None  # draft[0], known on the host without a sync
-        self.confidence: list[float] | None = None  # of draft[1:], where the policy needs it
+    @dataclass
+    class State(DecodeState):
+        draft: torch.Tensor | None = None  # [B] on the model's device, draft[0] is the seed
+        seed: int | None = None  # draft[0], known on the host without a sync
+        confidence: list[float] | None = None  # of draft[1:], where the policy needs it
 
-    def step(self, session: Session, budget: int) -> list[int]:
+    def step(self, session: Session, state: State, budget: int) -> Passes:
         size = self.options.block_size
         auto = self.sizes_steps
         if len(session.pending) > 1:  # a pending prompt tail: its first block is drafted linearly
-            self.draft = None
-            return draft_and_verify(self, session, budget)
-        if self.draft is None or self.seed != session.pending[0]:
-            self.draft = self.masked_block(session.pending, session.device)
-            logits = self.denoise_logits(session, self.draft)
-            self.draft[1:] = logits.argmax(-1)
+            state.draft = None
+            return (yield from draft_and_verify(self, session, budget))
+        if state.draft is None or state.seed != session.pending[0]:
+            state.draft = self.masked_block(session.pending, session.device)
+            logits = yield from self.denoise_logits(session, state.draft)
+            state.draft[1:] = logits.argmax(-1)
             if auto:
-                self.confidence = logits.float().softmax(-1).amax(-1).cpu().tolist()
+                state.confidence = logits.float().softmax(-1).amax(-1).cpu().tolist()
         verify = size
         if auto:  # v drafts d_0 .. d_{v-1}: the seed and v - 1 drafts
             cost = PassCost.of(session)
-            most = drafts_worth_verifying(self.draft[1:].cpu().tolist(), self.options.stop_ids, budget)
-            verify = 1 + verify_count(self.confidence, lambda m: cost((m + 1) * size), most)
+            most = drafts_worth_verifying(state.draft[1:].cpu().tolist(), self.options.stop_ids, budget)
+            verify = 1 + verify_count(state.confidence, lambda m: cost((m + 1) * size), most)
         start = session.cache_len
         tokens, ids = self.layout(start, size, session.device, verify)
-        ids[:verify] = self.draft[:verify]
-        logits = session.forward(ids, tokens.pos, self.block_mask(session, tokens))  # [vB, V]
+        ids[:verify] = state.draft[:verify]
+        logits = yield Pass(ids, tokens.pos, self.block_mask(session, tokens))  # [vB, V]
         predicted = logits.argmax(-1)
         ar = predicted[:verify]  # ar[j] follows d_j
         redrafts = predicted[verify:].view(verify, size - 1)  # group j's drafts after ar[j]
-        draft, ar_host = torch.stack([self.draft[:verify], ar]).cpu()  # the step's one host sync
+        draft, ar_host = torch.stack([state.draft[:verify], ar]).cpu()  # the step's one host sync
         accepted = accepted_length(draft, ar_host) + 1  # d_0 .. d_{accepted-1} are exact
         session.rollback(start + accepted)
         committed = draft[1:accepted].tolist() + [int(ar_host[accepted - 1])]
-        self.draft = torch.cat([ar[accepted - 1 : accepted], redrafts[accepted - 1]])
+        state.draft = torch.cat([ar[accepted - 1 : accepted], redrafts[accepted - 1]])
         if auto:  # the chosen group's confidences, for the next step's policy
             group = logits[verify:].view(verify, size - 1, -1)[accepted - 1]
-            self.confidence = group.float().softmax(-1).amax(-1).cpu().tolist()
-        self.seed = committed[-1]
+            state.confidence = group.float().softmax(-1).amax(-1).cpu().tolist()
+        state.seed = committed[-1]
         return committed
 
     def layout(
