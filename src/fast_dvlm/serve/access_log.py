@@ -1,4 +1,7 @@
-"""One log line per request, written when its response has ended (for a stream: its last chunk).
+"""One log line per request, written as its response ends: just before the response's last message goes
+to the server, so a client that has read its whole response finds the line written (never a line
+landing later, among the next request's); a response that never ends (the app raised, the client
+left) is logged when the app returns.
 
 `method path status latency` plus, for chat completions, what the route left in the request state:
 prompt and completion tokens, NFE, and how the answer ended (stop, length, timeout, client gone).
@@ -31,18 +34,13 @@ class RequestLog:
         status = 500  # what the client gets if the app raises before responding
         state = scope.setdefault("state", {})
         error_body = bytearray()
+        logged = False
 
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body" and status >= 400:
-                error_body.extend(message.get("body", b"")[: MAX_ERROR_BODY - len(error_body)])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
+        def write_line() -> None:
+            nonlocal logged
+            if logged:
+                return
+            logged = True
             usage = state.get("usage") or {}
             extra = " ".join(
                 f"{k}={usage[k]}" for k in ("prompt_tokens", "completion_tokens", "nfe") if k in usage
@@ -59,6 +57,22 @@ class RequestLog:
                 f" {outcome}" if outcome else "",
                 f" {reason}" if reason else "",
             )
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                if status >= 400:
+                    error_body.extend(message.get("body", b"")[: MAX_ERROR_BODY - len(error_body)])
+                if not message.get("more_body", False):
+                    write_line()  # before the client can have the whole response, not after
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            write_line()  # no last chunk went out: the app raised or the client left
 
 
 def error_reason(body: bytes) -> str:
