@@ -13,6 +13,7 @@ import torch
 
 from fast_dvlm import DiffusionVLM, FastDVLMError
 from fast_dvlm.cli import main
+from fast_dvlm.decoding.answer import run_alone
 from fast_dvlm.integrations.sglang import SGLANG_ALGORITHMS, SGLANG_VERSION, sglang_command
 from fast_dvlm.integrations.sglang_canvas import canvas_decoder, denoise_step, start_canvas
 from fast_dvlm.models.tiny import build_tiny_model
@@ -62,17 +63,22 @@ def test_sglang_canvas_protocol_reproduces_the_engines_diffusion_decoding(quanti
     for image in images:
         expected = quantised.generate("Describe it.", [image], "diffusion", 20, 8, 4, 0.7).token_ids
         options = quantised.decode_options(20, 8, 4, 0.7)
-        engine, session, seed_logits = quantised._begin("Describe it.", [image], "diffusion", options)
+        engine = quantised.make_decoder("diffusion", options)
+        answer = quantised.start(engine, quantised.encode("Describe it.", [image], options))
+        session, seed_logits = answer.session, answer.first_logits
         decoder = canvas_decoder(options.mask_id, 8, settings)
         tokens: list[int] = []
         while len(tokens) < 20 and not set(tokens) & quantised.stop_ids:
             canvas, masked = start_canvas(int(seed_logits.argmax()), decoder)
             while not denoise_step(
-                decoder, canvas, masked, engine.denoise_logits(session, canvas, rows=slice(None))
+                decoder,
+                canvas,
+                masked,
+                run_alone(engine.denoise_logits(session, canvas, rows=slice(None)), session),
             ):
                 pass
             tokens += canvas.tolist()
-            seed_logits = engine.causal_logits(session, canvas, rows=slice(-1, None))[0]  # the context pass
+            seed_logits = run_alone(engine.causal_logits(session, canvas, rows=slice(-1, None)), session)[0]
         stop = next((i for i, t in enumerate(tokens) if t in quantised.stop_ids), len(tokens) - 1)
         assert tokens[: min(stop + 1, 20)] == expected
 

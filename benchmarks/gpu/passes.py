@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from fast_dvlm.decoding import DecodeOptions, Session, make_decoder
+from fast_dvlm.decoding.answer import Answer
 from fast_dvlm.decoding.diffusion import BlockDiffusionDecoder
 from fast_dvlm.models.family import LMInputs
 from fast_dvlm.models.registry import get_family
@@ -154,7 +155,7 @@ def timed_decode(
             patches.enter_context(mock.patch(f"fast_dvlm.decoding.{module}.accepted_length", forced))
         sync(device)
         start = time.perf_counter()
-        for _ in decoder.run(session, first):
+        for _ in Answer(decoder, session, first).stream():
             pass
         sync(device)
         seconds = time.perf_counter() - start

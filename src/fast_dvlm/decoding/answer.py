@@ -12,8 +12,18 @@ from collections.abc import Iterator
 
 import torch
 
-from .base import Decoder, Pass
+from .base import Decoder, Pass, Passes
 from .session import Session
+
+
+def run_alone(passes: Passes, session: Session):
+    """Drive a step, or one of `Decoder`'s block passes, with each pass run on `session` alone; its result."""
+    try:
+        wanted = next(passes)
+        while True:
+            wanted = passes.send(session.forward(wanted.ids, wanted.seq, wanted.mask, wanted.rows))
+    except StopIteration as done:
+        return done.value
 
 
 class Answer:
@@ -21,6 +31,7 @@ class Answer:
         self.decoder = decoder
         self.session = session
         self.state = decoder.State()
+        self.first_logits = first_logits  # the prefill's prediction of the first token (None: a pending tail)
         self.done = False  # the answer is complete (or was closed)
         self._decoding = decoder.run(session, self.state, first_logits)
         self._reply: torch.Tensor | None = None
