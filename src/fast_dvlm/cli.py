@@ -39,6 +39,14 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def decoding_settings(args: argparse.Namespace) -> dict[str, int | float | None]:
+    """The settings `add_decoding_args`' flags set, --mode apart: keyword arguments of `generate`
+    (`fast-dvlm generate`) and of `chat` (`fast-dvlm chat`)."""
+    return {
+        name: getattr(args, name) for name in ("max_new_tokens", "block_size", "sub_block_size", "threshold")
+    }
+
+
 def stat_line(out) -> str:
     return (
         f"[{out.mode}] {len(out.token_ids)} tokens, {out.nfe} NFE ({out.tokens_per_nfe:.2f} tokens/NFE), "
@@ -61,15 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     _, images = to_messages(args.prompt, args.image)  # fail on bad input before loading the model
     quiet_loading()
     vlm = load(args.model)
-    out = vlm.generate(
-        args.prompt,
-        images=images,
-        mode=args.mode,
-        max_new_tokens=args.max_new_tokens,
-        block_size=args.block_size,
-        sub_block_size=args.sub_block_size,
-        threshold=args.threshold,
-    )
+    out = vlm.generate(args.prompt, images=images, mode=args.mode, **decoding_settings(args))
     if args.json:
         print(json.dumps(out.to_dict()))
     else:
@@ -89,9 +89,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .vlm import load
 
     conversation = Conversation(args.image)  # a bad image fails before the model loads
-    settings = {k: getattr(args, k) for k in ("max_new_tokens", "block_size", "sub_block_size", "threshold")}
     quiet_loading()
-    chat(load(args.model), conversation, args.mode, echo=not sys.stdin.isatty(), **settings)
+    chat(load(args.model), conversation, args.mode, echo=not sys.stdin.isatty(), **decoding_settings(args))
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
