@@ -62,8 +62,10 @@ def served(tmp_path_factory) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def strict_url() -> Iterator[str]:
-    """A second server: one waiting slot and a 3-second timeout."""
-    config = ServeConfig("tiny", mode="ar", queue_size=1, timeout=3, max_body_bytes=BODY_LIMIT)
+    """A second server: one answer decoded at a time, one waiting slot and a 3-second timeout."""
+    config = ServeConfig(
+        "tiny", mode="ar", max_batch_size=1, queue_size=1, timeout=3, max_body_bytes=BODY_LIMIT
+    )
     with serving_in_background(create_app(load("tiny:qwen2_5_vl"), config)) as url:
         yield url
 
@@ -408,6 +410,30 @@ def test_full_queue_answers_429_with_retry_after(strict_url):
     waiting.join()
     wait_idle(strict_url, within=2.0)
     assert ask(strict_url, user(text("hi"))).choices[0].message.content
+
+
+def test_requests_are_decoded_together_and_leave_the_batch_when_done(served):
+    """Continuous batching: long answers run side by side (the health check counts them), a short one
+    joins them, finishes first and is the answer it gives alone; closing the streams empties the batch."""
+    client = client_for(served.url)
+    streams = [
+        client.chat.completions.create(
+            model="tiny", messages=LONG["messages"], max_tokens=LONG["max_tokens"], stream=True
+        )
+        for _ in range(3)
+    ]
+    try:
+        for stream in streams:
+            next(iter(stream))  # each has begun decoding
+        assert raw(served.url, "GET", "/health")[1]["running"] == 3
+        batched = ask(served.url, user(text("Count the shapes.")), "spec-linear").choices[0].message.content
+        assert raw(served.url, "GET", "/health")[1]["running"] == 3  # the short one has left
+    finally:
+        for stream in streams:
+            stream.close()
+    wait_idle(served.url, within=2.0)
+    alone = ask(served.url, user(text("Count the shapes.")), "spec-linear").choices[0].message.content
+    assert batched == alone
 
 
 def test_load_no_5xx_and_every_answer_is_its_own(served):

@@ -29,7 +29,7 @@ CLIENT_GONE = 499  # nginx's "client closed request": logged, never received
 
 def create_app(vlm: DiffusionVLM, config: ServeConfig) -> FastAPI:
     """An app serving `vlm`; its engine thread starts and stops with the app's lifespan."""
-    engine = Engine(vlm, config.queue_size)
+    engine = Engine(vlm, config.queue_size, config.max_batch_size)
     images = ImagePolicy(config.allowed_dirs, config.max_pixels)
     started = int(time.time())
 
@@ -58,7 +58,13 @@ def create_app(vlm: DiffusionVLM, config: ServeConfig) -> FastAPI:
     async def health() -> dict:
         if not engine.alive:
             raise APIError(503, "the decoding engine has stopped", "engine_stopped")
-        return {"status": "ok", "model": config.model_name, "busy": engine.busy, "waiting": engine.waiting}
+        return {
+            "status": "ok",
+            "model": config.model_name,
+            "busy": engine.busy,
+            "running": engine.running,
+            "waiting": engine.waiting,
+        }
 
     @app.get("/v1/models")
     async def models() -> dict:

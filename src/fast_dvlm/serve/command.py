@@ -22,7 +22,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         help="OpenAI-compatible HTTP server with block-wise streaming",
         description="Serve one model at /v1/chat/completions (OpenAI chat format, images as data: URLs or "
         "allowed local paths; stream=true sends each committed block), /v1/models and /health. One "
-        "engine thread decodes one request at a time; the others wait in a bounded queue.",
+        "engine thread decodes up to --max-batch-size requests together, one batched pass per round, "
+        "requests joining and leaving between rounds; the others wait in a bounded queue.",
     )
     serve.add_argument("--model", required=True, help="checkpoint directory, demo, or tiny:FAMILY")
     serve.add_argument(
@@ -40,6 +41,12 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     d = ServeConfig  # its field defaults are the command's
     side, body_mb = math.isqrt(d.max_pixels), d.max_body_bytes / 2**20
     for flag, kind, default, text in (
+        (
+            "--max-batch-size",
+            int,
+            d.max_batch_size,
+            f"requests decoded together (default: {d.max_batch_size})",
+        ),
         ("--queue-size", int, d.queue_size, f"requests that may wait (default: {d.queue_size})"),
         ("--timeout", float, d.timeout, f"seconds per request (default: {d.timeout:g})"),
         ("--max-pixels", int, d.max_pixels, f"largest image, in pixels (default: {side}x{side})"),
@@ -80,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         mode=args.mode,
         max_tokens=args.max_tokens,
         allowed_dirs=tuple(args.allow_path),
+        max_batch_size=args.max_batch_size,
         queue_size=args.queue_size,
         timeout=args.timeout,
         max_pixels=args.max_pixels,

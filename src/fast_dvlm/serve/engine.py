@@ -1,10 +1,13 @@
-"""One model, one worker thread: requests wait in a bounded queue and are decoded one at a time.
+"""One model, one worker thread, continuous batching: requests wait in a bounded queue, join the
+running batch between decoding rounds (up to `max_batch_size` answers at once) and leave it when
+done, cancelled or stopped by a stop string.
 
-Torch on a CPU gains nothing from decoding two requests at once (they would share the same cores),
-and one worker keeps every answer exactly what the request gives when run alone. The worker sends
-each committed block to the request's event loop as a text piece, and checks between blocks whether
-the request was abandoned (client gone, timeout), so an abandoned request frees the engine at the
-next block. A full queue is refused at once (429) rather than left to hang.
+Each round runs one batched forward pass over every running answer (decoding/batch.py), so answers
+decoded together cost about what one costs on a CPU whose passes are mostly fixed overhead; each
+answer is still the one its request gives alone (token for token in the lossless modes). The worker
+sends each committed block to the request's event loop as a text piece, and checks between rounds
+whether a request was abandoned (client gone, timeout), so an abandoned request leaves the batch at
+the next round. A full queue is refused at once (429) rather than left to hang.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from ..decoding import Decoder
+from ..decoding.answer import Answer
+from ..decoding.batch import Batch
 from ..detokenize import TextStream
 from ..errors import ContextLengthError, FastDVLMError
-from ..prompt import Messages, encode_prompt
+from ..prompt import Messages
 from ..vlm import DiffusionVLM
 from .errors import APIError
 
@@ -111,12 +116,27 @@ class Job:
             self.cancelled.set()
 
 
+@dataclass
+class Running:
+    """A request whose answer is in the batch."""
+
+    job: Job
+    answer: Answer
+    text: TextStream
+    prompt_tokens: int
+
+
 class Engine:
-    def __init__(self, vlm: DiffusionVLM, queue_size: int) -> None:
+    def __init__(self, vlm: DiffusionVLM, queue_size: int, max_batch_size: int = 8) -> None:
         self.vlm = vlm
-        self.busy = False
+        self.max_batch_size = max_batch_size
+        self.running = 0  # answers in the batch
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._work, name="fast-dvlm-engine", daemon=True)
+
+    @property
+    def busy(self) -> bool:
+        return self.running > 0
 
     @property
     def alive(self) -> bool:
@@ -130,7 +150,7 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
-        """Drop every queued job and end the worker after the current block."""
+        """Drop every queued job and end the worker after the current round."""
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -153,47 +173,87 @@ class Engine:
             ) from None
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if job.abandoned():
-                continue
-            self.busy = True
-            try:
-                with torch.inference_mode():
-                    self._decode(job)
-            except APIError as exc:
-                job.emit(Failed(exc))
-            except ContextLengthError as exc:
-                job.emit(Failed(APIError(400, str(exc), "context_length_exceeded", "messages")))
-            except (FastDVLMError, ValueError) as exc:  # what the processor or the model rejects in the input
-                job.emit(Failed(APIError(400, f"the model cannot take this input: {exc}", "invalid_input")))
-            except Exception as exc:  # the worker must survive anything one request does
-                log.error("decoding failed", exc_info=exc)
-                job.emit(
-                    Failed(APIError(500, "decoding failed; the server log has the details", "internal_error"))
-                )
-            finally:
-                self.busy = False
+        vlm = self.vlm
+        batch = Batch(vlm.model, vlm.family, engine=vlm.engine)
+        running: dict[int, Running] = {}  # by id(answer)
+        with torch.inference_mode():
+            while True:
+                while len(batch) < self.max_batch_size:  # join between rounds; wait only when idle
+                    try:
+                        job = self._queue.get(block=not running)
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        for run in running.values():
+                            run.job.cancelled.set()
+                        return
+                    if not job.abandoned() and (run := self._start(job, batch)) is not None:
+                        running[id(run.answer)] = run
+                        self.running = len(running)
+                        job.emit(Started())  # counted as running by now
+                if not running:
+                    continue
+                try:
+                    rounds = batch.round()
+                except Exception as exc:  # a failed round fails every answer in it; the worker goes on
+                    log.error("decoding failed", exc_info=exc)
+                    for run in running.values():
+                        run.job.emit(Failed(failure(exc)))
+                    running.clear()
+                    self.running = 0
+                    batch = Batch(vlm.model, vlm.family, engine=vlm.engine)
+                    continue
+                for answer, chunks in rounds:
+                    run = running[id(answer)]
+                    if self._deliver(run, chunks, batch):
+                        del running[id(answer)]
+                self.running = len(running)
 
-    def _decode(self, job: Job) -> None:
-        """Prefill, then decode block by block until done, a stop string, or the job is cancelled."""
+    def _start(self, job: Job, batch: Batch) -> Running | None:
+        """Prefill the job's prompt into the batch; None (the job told why) if it cannot be."""
         vlm, work = self.vlm, job.work
-        batch = encode_prompt(vlm.processor, work.messages)
-        prompt_tokens = batch["input_ids"].shape[1]
-        session, first_logits = vlm.prefill(batch, work.decoder.name, work.decoder.options)
-        job.emit(Started())
-        text = TextStream(vlm.tokenizer, work.stop)
-        blocks = work.decoder.run(session, first_logits)
-        for block in blocks:
-            if job.abandoned():
-                break
-            if piece := text.push(block):
+        try:
+            encoded = vlm.encode(work.messages, None, work.decoder.options)
+            answer = vlm.start(work.decoder, encoded, into=batch)
+        except Exception as exc:
+            if not isinstance(exc, APIError | ContextLengthError | FastDVLMError | ValueError):
+                log.error("decoding failed", exc_info=exc)
+            job.emit(Failed(failure(exc)))
+            return None
+        return Running(job, answer, TextStream(vlm.tokenizer, work.stop), encoded["input_ids"].shape[1])
+
+    def _deliver(self, run: Running, chunks: list[list[int]], batch: Batch) -> bool:
+        """Send a round's chunks of one answer as text pieces; True once the request is over (done,
+        stopped by a stop string, or abandoned), its answer out of the batch."""
+        job, text, answer = run.job, run.text, run.answer
+        if job.abandoned():
+            if not answer.done:
+                batch.leave(answer)
+            return True
+        for chunk in chunks:
+            if piece := text.push(chunk):
                 job.emit(Piece(piece))
             if text.stopped:
                 break
-        blocks.close()  # the decoder stops here, not after the next block
-        if job.abandoned():
-            return
+        if not (answer.done or text.stopped):
+            return False
+        if not answer.done:
+            batch.leave(answer)  # the decoder stops here, not after the next round
         if piece := text.flush():
             job.emit(Piece(piece))
-        stopped = text.stopped or session.tokens[-1] in vlm.stop_ids
-        job.emit(Finished("stop" if stopped else "length", prompt_tokens, len(session.tokens), session.nfe))
+        session = answer.session
+        stopped = text.stopped or session.tokens[-1] in self.vlm.stop_ids
+        reason = "stop" if stopped else "length"
+        job.emit(Finished(reason, run.prompt_tokens, len(session.tokens), session.nfe))
+        return True
+
+
+def failure(exc: Exception) -> APIError:
+    """The error body a request gets for `exc`."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), "context_length_exceeded", "messages")
+    if isinstance(exc, FastDVLMError | ValueError):  # what the processor or the model rejects in the input
+        return APIError(400, f"the model cannot take this input: {exc}", "invalid_input")
+    return APIError(500, "decoding failed; the server log has the details", "internal_error")
