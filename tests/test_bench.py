@@ -19,6 +19,21 @@ def split(tmp_path_factory):
     )["test"]
 
 
+def test_bench_in_batches_answers_as_one_at_a_time(tiny_vlms, split):
+    """`--batch-size 4`: the lossless modes give the same answers (tokens, passes, scores) as one
+    item at a time; the seconds of a batch are shared among its answers."""
+    models = {"base": tiny_vlms["qwen2_vl"], "converted": tiny_vlms["qwen2_vl"]}
+    modes = tuple(m for m in BENCH_MODES if m.label in ("hf-generate", "ar", "spec-linear", "spec-quadratic"))
+    one = run_bench(models, split, per_task=1, modes=modes, max_new_tokens=6, progress=False)
+    four = run_bench(models, split, per_task=1, modes=modes, max_new_tokens=6, progress=False, batch_size=4)
+    for label, tasks in one.items():
+        for task, score in tasks.items():
+            batched = four[label][task]
+            assert (batched.correct, batched.tokens) == (score.correct, score.tokens), (label, task)
+            assert batched.seconds > 0
+    assert sum(s.nfe for s in four["ar"].values()) == sum(s.nfe for s in one["ar"].values())
+
+
 def test_bench_report(tiny_vlms, split, tmp_path):
     models = {"base": tiny_vlms["qwen2_5_vl"], "converted": tiny_vlms["qwen2_5_vl"]}
     scores = run_bench(models, split, per_task=1, max_new_tokens=6, progress=False)

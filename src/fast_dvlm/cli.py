@@ -121,7 +121,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if not split.is_file():
             raise FastDVLMError(f"test split not found: {split}")
     models = {"base": load(args.base), "converted": load(args.model)}
-    scores = run_bench(models, split, args.per_task, max_new_tokens=args.max_new_tokens)
+    if args.batch_size < 1:
+        raise FastDVLMError(f"--batch-size must be at least 1, got {args.batch_size}")
+    scores = run_bench(
+        models, split, args.per_task, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
     converted = models["converted"]
     one_token = model_pass_cost(converted.model, converted.family).seconds[0]
     result = report(scores, f"{args.model} (AR base: {args.base})", one_token)
@@ -190,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", default="runs/bench", help="where the regenerated split goes")
     bench.add_argument("--per-task", type=int, default=None, help="items per task (default: all)")
     bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="items decoded together with generate_batch (default: 1, one at a time); tokens/s is then "
+        "the batches' throughput",
+    )
     bench.add_argument("--json", default=None, help="write the full results as JSON")
     bench.add_argument("--plot", default=None, help="write accuracy-vs-speed and tokens-per-step plots (PNG)")
     bench.set_defaults(run=cmd_bench)
