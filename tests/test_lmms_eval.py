@@ -89,6 +89,7 @@ def test_accuracy_is_a_mean_over_tasks():
     [
         pytest.param("demo", "spec-linear", {}, marks=WITH_DEMO),
         ("tiny", "diffusion", {"block_size": 8, "threshold": 0.7, "max_new_tokens": 12}),  # random, from disk
+        ("tiny", "spec-linear", {"block_size": 4, "max_new_tokens": 12, "batch_size": 5}),  # in batches
     ],
 )
 def test_lmms_eval_score_equals_our_scoring(
@@ -104,6 +105,7 @@ def test_lmms_eval_score_equals_our_scoring(
     vlm = fast_dvlm.load(pretrained)
     settings = dict(settings)
     max_new_tokens = settings.pop("max_new_tokens", 128)  # the plugin's default, as `fast-dvlm bench`'s
+    settings.pop("batch_size", None)  # batched answers are the answers alone (tests/test_batch.py)
     items = read_items(split)
     outs = [vlm.generate(item.question, [item.image], mode, max_new_tokens, **settings) for item in items]
     answers = iter(outs)

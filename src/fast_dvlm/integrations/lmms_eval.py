@@ -1,8 +1,9 @@
 """fast-dvlm as an lmms-eval model: `lmms-eval --model fast_dvlm --model_args pretrained=PATH,mode=MODE`.
 
 lmms-eval finds the model through the `lmms_eval.models` entry point, which names `manifest`.
-Answers are decoded one request at a time with any of our decoding modes, always greedily (the
-modes are greedy by construction; a task's sampling settings are ignored). `loglikelihood` reads the
+Answers are decoded `batch_size` requests at a time (`generate_batch`; lmms-eval's `--batch_size`,
+1 by default) with any of our decoding modes, always greedily (the modes are greedy by construction;
+a task's sampling settings are ignored). `loglikelihood` reads the
 causal stream, the token-level causal pass AR decoding runs, so it does not depend on the mode.
 """
 
@@ -53,8 +54,8 @@ class FastDVLM(lmms):
         sub_block_size: int | None = None,
         threshold: float | None = None,
         max_new_tokens: int = 128,
-        # lmms-eval passes these to every model; requests are decoded one at a time, on the CPU
-        batch_size: int | str = 1,
+        batch_size: int | str = 1,  # requests decoded together; "auto": AUTO_BATCH_SIZE
+        # lmms-eval passes these to every model; decoding runs on the CPU
         max_batch_size: int | None = None,
         device: str | None = None,
     ) -> None:
@@ -65,21 +66,31 @@ class FastDVLM(lmms):
         self.mode = resolve_mode(mode, converted=self.vlm.settings.converted)
         self.settings = {"block_size": block_size, "sub_block_size": sub_block_size, "threshold": threshold}
         self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_count(batch_size)
         # a bad mode or block setting fails here, before lmms-eval loads any task
         make_decoder(self.mode, self.vlm.decode_options(max_new_tokens, **self.settings))
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        answers = []
-        for request in tqdm(requests, desc="fast_dvlm answering", disable=self.rank != 0):
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            out = self.vlm.generate(
-                prompt_text(context),
-                self.images(doc_to_visual, task, split, doc_id),
-                self.mode,
-                gen_kwargs.get("max_new_tokens", self.max_new_tokens),
-                **self.settings,
-            )
-            answers.append(cut_at_stop_strings(out.text, gen_kwargs.get("until")))
+        """Answers in request order, decoded `batch_size` at a time among requests of the same cap."""
+        by_cap: dict[int, list[int]] = {}
+        for k, request in enumerate(requests):
+            cap = request.args[1].get("max_new_tokens", self.max_new_tokens)
+            by_cap.setdefault(cap, []).append(k)
+        answers: list[str] = [""] * len(requests)
+        progress = tqdm(total=len(requests), desc="fast_dvlm answering", disable=self.rank != 0)
+        for cap, indices in by_cap.items():
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start : start + self.batch_size]
+                prompts, images = [], []
+                for k in batch:
+                    context, _, doc_to_visual, doc_id, task, split = requests[k].args
+                    prompts.append(prompt_text(context))
+                    images.append(self.images(doc_to_visual, task, split, doc_id))
+                outs = self.vlm.generate_batch(prompts, images, self.mode, cap, **self.settings)
+                for k, out in zip(batch, outs, strict=True):
+                    answers[k] = cut_at_stop_strings(out.text, requests[k].args[1].get("until"))
+                progress.update(len(batch))
+        progress.close()
         return answers
 
     @torch.inference_mode()
@@ -114,6 +125,22 @@ class FastDVLM(lmms):
 
     def images(self, doc_to_visual: Callable, task: str, split: str, doc_id: int) -> list[Image.Image]:
         return doc_to_visual(self.task_dict[task][split][doc_id]) or []
+
+
+AUTO_BATCH_SIZE = 8  # lmms-eval's batch_size=auto: the server's default batch
+
+
+def batch_count(batch_size: int | str) -> int:
+    """lmms-eval's `batch_size` (an int, its digits, or "auto") as a number of requests."""
+    if str(batch_size) == "auto":
+        return AUTO_BATCH_SIZE
+    try:
+        count = int(batch_size)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise FastDVLMError(f"batch_size must be a positive integer or auto, got {batch_size!r}")
+    return count
 
 
 def prompt_text(context: str) -> str:
