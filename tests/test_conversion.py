@@ -16,6 +16,7 @@ from fast_dvlm.conversion.objective import conversion_forward, layout_batch
 from fast_dvlm.conversion.recipe import Recipe
 from fast_dvlm.conversion.schedule import annealed_block_size
 from fast_dvlm.decoding import DecodeOptions, Session
+from fast_dvlm.decoding.answer import run_alone
 from fast_dvlm.decoding.diffusion import BlockDiffusionDecoder
 from fast_dvlm.train.data import Conversation, render
 
@@ -173,7 +174,8 @@ def test_training_logits_equal_decoder_block_logits(tiny_vlms, family_name, two_
             prefix["mm_token_type_ids"] = sample.batch["mm_token_type_ids"][:, :block_start]
         session.prefill(vlm.family.embed(vlm.model, type(sample.batch)(prefix).to(vlm.model.device)))
         options = DecodeOptions(8, frozenset(), mask_id, block_size=block_size, sub_block_size=block_size)
-        decode_logits = BlockDiffusionDecoder(options).denoise_logits(session, block, rows=slice(None))
+        passes = BlockDiffusionDecoder(options).denoise_logits(session, block, rows=slice(None))
+        decode_logits = run_alone(passes, session)
     assert bool(masked[span].any())
     torch.testing.assert_close(decode_logits, train_logits, rtol=1e-5, atol=1e-5)
     # and the layout_batch rows agree with the ones used here
