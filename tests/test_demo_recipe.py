@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+
+import pytest
 
 from fast_dvlm import DiffusionVLM
-from fast_dvlm.demo.recipe import DemoRecipe, export_fp16, make_demo, write_model_card
+from fast_dvlm.cli import build_parser
+from fast_dvlm.demo.recipe import ARCHITECTURES, RECIPES, DemoRecipe, export_fp16, make_demo, write_model_card
+from fast_dvlm.errors import FastDVLMError
+from fast_dvlm.models.family import TinySize
+
+TOY_SIDE = {"qwen2_5_vl": 56, "fast_vlm": 128}  # FastViT's stride is 64: a 2x2 grid at least
 
 
-def test_every_stage_runs_and_a_rerun_skips_them(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "fast_vlm"])
+def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
+    side = TOY_SIDE[family]
     recipe = DemoRecipe(
-        train_per_task=2, eval_per_task=1, vision_steps=2, ar_steps=2, ar_restart_steps=2,
-        convert_steps=2, batch_size=4, vocab_size=300,
+        family=family, image_size=side, size=TinySize(image_size=side), train_per_task=2, eval_per_task=1,
+        vision_steps=2, ar_steps=2, ar_restart_steps=2, convert_steps=2, batch_size=4, vocab_size=300,
     )  # fmt: skip
     paths = make_demo(tmp_path, recipe, export=False)
     assert paths["ar"] == tmp_path / "ar-restart" and paths["converted"] == tmp_path / "converted"
@@ -33,7 +43,23 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path):
     write_model_card(tmp_path / "export", "demo", "spec-linear", recipe, timings, tmp_path)
     card = (tmp_path / "export" / "README.md").read_text()
     assert f"fast-dvlm make-demo --workdir {tmp_path}`" in card
+    assert ARCHITECTURES[family] in card
     rows = [
         line.split("|")[1:4] for line in card.splitlines() if line.startswith("| ") and "items" not in line
     ]
     assert len(rows) == 11 and all(int(items) == 1 for _, _, items in rows)
+
+
+def test_a_workdir_resumed_with_other_settings_is_refused(tmp_path):
+    recipe = DemoRecipe(train_per_task=1, eval_per_task=1, vision_steps=1, ar_steps=1, ar_restart_steps=1,
+                        convert_steps=1, batch_size=2, vocab_size=300)  # fmt: skip
+    make_demo(tmp_path, recipe, export=False)
+    with pytest.raises(FastDVLMError, match="ar_steps differ"):
+        make_demo(tmp_path, replace(recipe, ar_steps=3), export=False)
+
+
+def test_the_cli_offers_every_recipe():
+    make = build_parser()._subparsers._group_actions[0].choices["make-demo"]
+    (recipe,) = [a for a in make._actions if a.dest == "recipe"]
+    assert set(recipe.choices) == set(RECIPES) and recipe.default == "qwen2_5_vl"
+    assert RECIPES[recipe.default] == DemoRecipe()  # the default recipe is the shipped demo's

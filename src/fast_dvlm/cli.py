@@ -137,9 +137,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
-    from .demo.recipe import make_demo
+    from .demo.recipe import RECIPES, make_demo
 
-    make_demo(args.workdir, export=not args.no_export)
+    make_demo(args.workdir, RECIPES[args.recipe], export=not args.no_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     make.add_argument("--workdir", default="runs/demo", help="where data, logs and checkpoints go")
     make.add_argument("--no-export", action="store_true", help="do not overwrite the shipped assets")
+    make.add_argument(
+        "--recipe",
+        choices=("qwen2_5_vl", "fast_vlm"),
+        default="qwen2_5_vl",
+        help="qwen2_5_vl: the shipped demo's recipe; fast_vlm: the FastViTHD-style demo in the making",
+    )
     make.set_defaults(run=cmd_make_demo)
 
     demo = commands.add_parser(

@@ -19,6 +19,7 @@ import torch
 
 from ..data.build import build_splits
 from ..data.task import DEMO_SIDE
+from ..errors import FastDVLMError
 from ..models.family import TinySize
 from ..models.tiny import build_tiny_model
 from ..train.config import TrainConfig
@@ -70,6 +71,35 @@ class DemoRecipe:
     seed: int = 0
 
 
+RECIPES = {
+    # the shipped demo: Qwen2.5-VL, 112 px, 4 visual tokens
+    "qwen2_5_vl": DemoRecipe(),
+    # the FastVLM demo in the making (issue 17): timm's fastvit_mci3 scaled to widths 16..256 at
+    # 192 px (3x3 visual tokens), a 4-layer Qwen2 of width 256. Stage 0 runs longer because glyphs
+    # (sign words, digits, letters) are learnt late: alone, the sign task's word reaches 42% only
+    # after 400 steps (benchmarks/stage0_study.py). Sized for the 150-minute budget from step times
+    # measured beside other jobs; its first full run is still to be made.
+    "fast_vlm": DemoRecipe(
+        family="fast_vlm",
+        image_size=192,
+        size=TinySize(
+            hidden_size=256,
+            num_layers=4,
+            num_heads=8,
+            num_kv_heads=2,
+            intermediate_size=768,
+            vision_hidden_size=64,  # FastViT widths 16, 32, 64, 128, 256
+            image_size=192,
+            max_position_embeddings=1024,
+        ),
+        vision_steps=5000,
+        ar_steps=2500,
+        ar_restart_steps=1000,
+        convert_steps=500,
+    ),
+}
+
+
 def tokenizer_corpus(train_file: Path) -> list[str]:
     """Every question and answer of the training split, plus the chat template's own words."""
     texts = ["You are a helpful assistant.", "system", "user", "assistant"]
@@ -81,6 +111,7 @@ def tokenizer_corpus(train_file: Path) -> list[str]:
 def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: bool = True) -> dict[str, Path]:
     recipe = recipe or DemoRecipe()
     workdir = Path(workdir)
+    check_same_recipe(workdir, recipe)
     data = workdir / "data"
     if not (data / "train.json").exists():
         started = time.perf_counter()
@@ -139,6 +170,20 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
             export_fp16(source, ASSETS / name)
             write_model_card(ASSETS / name, name, mode, recipe, timings, workdir)
     return {"data": data, "ar": ar, "converted": converted}
+
+
+def check_same_recipe(workdir: Path, recipe: DemoRecipe) -> None:
+    """A work directory belongs to one recipe: resuming it with other settings would mix stages."""
+    settings = json.loads(json.dumps(asdict(recipe)))  # as JSON gives it back (tuples as lists)
+    saved = workdir / "recipe-settings.json"
+    if saved.exists() and json.loads(saved.read_text()) != settings:
+        changed = sorted(k for k, v in json.loads(saved.read_text()).items() if settings.get(k) != v)
+        raise FastDVLMError(
+            f"{workdir} was started with other recipe settings ({', '.join(changed)} differ): "
+            "rerun with the same recipe, or give another --workdir"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(settings, indent=1))
 
 
 def ar_config(steps: int, lr: float, batch_size: int, seed: int) -> TrainConfig:
