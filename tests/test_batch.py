@@ -180,3 +180,69 @@ def test_batch_rows_close_the_gap_a_finished_answer_leaves(tiny_vlms, images, mo
     ]
     batch = vlm.generate_batch(prompts, lists, "spec-linear", 20, block_size=4)
     assert len(alone[1]) == 3 and [b.token_ids for b in batch] == alone
+
+
+@pytest.mark.parametrize("alignment", ["answer", "absolute"])
+def test_joining_prompts_prefill_together(tiny_vlms, family_name, images, alignment, monkeypatch):
+    """Prompts that join together (mixed lengths, 0/1/2 images) take one vision-tower call and one
+    padded prompt pass (DeepStack prompts, which run through transformers, alone); each row's cache
+    length, positions, block ids and first-token logits are those of its prompt prefilled alone, with
+    blocks aligned to the answer or (block-causal prompt blocks, a pending tail) to absolute positions."""
+    if alignment == "absolute" and family_name == "qwen3_vl":
+        pytest.skip("absolute alignment does not take DeepStack image prompts, alone or batched")
+    vlm = tiny_vlms[family_name]
+    monkeypatch.setattr(vlm.settings, "block_alignment", alignment)
+    prompts, lists = PROMPTS[:5], image_lists(images)[:5]
+    decoder = vlm.make_decoder("spec-linear", vlm.decode_options(16, 8, None, None))
+    encoded = [vlm.encode(p, i, decoder.options) for p, i in zip(prompts, lists, strict=True)]
+    calls = {"vision": 0, "rows": 0}
+    tower = vlm.model.model.get_image_features
+    monkeypatch.setattr(
+        vlm.model.model,
+        "get_image_features",
+        lambda *a, **k: calls.__setitem__("vision", calls["vision"] + 1) or tower(*a, **k),
+    )
+    batch = Batch(vlm.model, vlm.family)
+    rows = batch.lean.forward_rows
+    monkeypatch.setattr(
+        batch.lean,
+        "forward_rows",
+        lambda *a, **k: calls.__setitem__("rows", calls["rows"] + 1) or rows(*a, **k),
+    )
+    with torch.inference_mode():
+        answers = vlm.start_many([decoder] * len(encoded), encoded, batch)
+        monkeypatch.setattr(vlm.model.model, "get_image_features", tower)
+        alone = [vlm.start(decoder, e) for e in encoded]
+    assert calls["vision"] == 1
+    assert calls["rows"] == 1  # Qwen3-VL's image prompts (DeepStack) run alone, its text-only ones together
+    for a, b in zip(answers, alone, strict=True):
+        s, t = a.session, b.session
+        assert (s.cache_len, s.position_offset, s.nfe, s.next_block) == (
+            t.cache_len,
+            t.position_offset,
+            t.nfe,
+            t.next_block,
+        )
+        assert torch.equal(s.blocks, t.blocks)
+        assert s.pending == t.pending and (a.first_logits is None) == (b.first_logits is None)
+        if b.first_logits is not None:  # (None: a pending tail, whose first token is decoded in its block)
+            torch.testing.assert_close(a.first_logits, b.first_logits, rtol=1e-4, atol=1e-4)
+            assert int(a.first_logits.argmax()) == int(b.first_logits.argmax())
+    if alignment == "absolute":
+        assert any(a.session.pending for a in answers)
+
+
+def test_a_prefilled_row_does_not_depend_on_its_batch_mates(tiny_vlms, family_name):
+    """Two joint prefills with the same shapes (the first prompt, then mates of the same lengths and
+    image sizes but other text and pixels): the first row's logits are bitwise the same."""
+    vlm = tiny_vlms[family_name]
+    red, blue = drawn_image(5), drawn_image(9)
+    decoder = vlm.make_decoder("ar", vlm.decode_options(8, 4, None, None))
+    firsts = []
+    with torch.inference_mode():
+        for mates in (("Count the shapes.", [red], "Hello there."), ("Name the colour.", [blue], "Why so?")):
+            prompts = [("What is shown here?", [red]), (mates[0], mates[1]), (mates[2], [])]
+            encoded = [vlm.encode(p, i, decoder.options) for p, i in prompts]
+            answers = vlm.start_many([decoder] * 3, encoded, Batch(vlm.model, vlm.family))
+            firsts.append(answers[0].first_logits)
+    assert torch.equal(firsts[0], firsts[1])

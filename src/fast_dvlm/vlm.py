@@ -210,16 +210,37 @@ class DiffusionVLM:
             session = Session(self.model, self.family, use_cache, options.clean_attention, options.engine)
         else:
             session = into.session(options.clean_attention)
-        absolute = self.settings.block_alignment == "absolute" and decoder.name != "ar"
         first_logits = session.prefill(
-            self.family.embed(self.model, batch),
-            batch["input_ids"][0],
-            options.block_size if absolute else None,
+            self.family.embed(self.model, batch), batch["input_ids"][0], self.aligned_block(decoder)
         )
         answer = Answer(decoder, session, first_logits)
         if into is not None:
             into.join(answer)
         return answer
+
+    def start_many(
+        self, decoders: Sequence[Decoder], batches: Sequence[BatchFeature], into: Batch
+    ) -> list[Answer]:
+        """`start` for several encoded prompts (`batches[k]` decoded by `decoders[k]`) joining the
+        batch `into` together: one vision-tower call for all their images (`Family.embed_many`) and
+        one padded prompt pass over their rows (`Batch.prefill`); each answer as `start` gives it
+        alone. Returned in the order of `batches`."""
+        batches = [b.to(self.model.device) for b in batches]
+        sessions = [into.session(d.options.clean_attention, k) for k, d in enumerate(decoders)]
+        first_logits = into.prefill(
+            sessions,
+            self.family.embed_many(self.model, batches),
+            [b["input_ids"][0] for b in batches],
+            [self.aligned_block(d) for d in decoders],
+        )
+        answers = [Answer(d, s, f) for d, s, f in zip(decoders, sessions, first_logits, strict=True)]
+        into.join_many(answers)
+        return answers
+
+    def aligned_block(self, decoder: Decoder) -> int | None:
+        """The block size prompts are aligned to for `decoder` (`Session.prefill`); None: not aligned."""
+        absolute = self.settings.block_alignment == "absolute" and decoder.name != "ar"
+        return decoder.options.block_size if absolute else None
 
     def output(self, answer: Answer, seconds: float) -> GenerationOutput:
         """A decoded answer as a `GenerationOutput`."""
@@ -350,10 +371,12 @@ class DiffusionVLM:
         size = max_batch_size or max(len(prompts), 1)
         waiting, started, outputs = list(range(len(prompts)))[::-1], {}, [None] * len(prompts)
         while waiting or len(batch):
-            while waiting and len(batch) < size:
-                index = waiting.pop()
-                answer = self.start(decoder, encoded[index], use_cache, into=batch)
-                started[id(answer)] = (index, time.perf_counter())
+            joining = [waiting.pop() for _ in range(min(len(waiting), size - len(batch)))]
+            if joining:
+                answers = self.start_many([decoder] * len(joining), [encoded[i] for i in joining], batch)
+                began = time.perf_counter()
+                for index, answer in zip(joining, answers, strict=True):
+                    started[id(answer)] = (index, began)
             for answer, _ in batch.round():
                 if answer.done:
                     index, began = started.pop(id(answer))

@@ -27,12 +27,12 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 
-from ..models.family import Family
+from ..models.family import Family, LMInputs
 from ..settings import CleanAttention
 from .answer import Answer
 from .base import Pass
 from .lean import LeanSlot, LeanTextModel
-from .session import Session, lean_runs, rope_position_ids
+from .session import PromptPass, Session, lean_runs, rope_position_ids
 
 
 class Batch:
@@ -50,10 +50,60 @@ class Batch:
     def __len__(self) -> int:
         return len(self.answers)
 
-    def session(self, clean_attention: CleanAttention = "causal") -> Session:
-        """A fresh session for the next answer to join, in the next free row (prefill it, then `join`)."""
-        slot = None if self.lean is None else self.lean.slot(len(self.answers))
+    def session(self, clean_attention: CleanAttention = "causal", later: int = 0) -> Session:
+        """A fresh session for the next answer to join, in the next free row (prefill it, then `join`);
+        `later=k`: in the row k after it, for the k+1-th of several answers joining together."""
+        slot = None if self.lean is None else self.lean.slot(len(self.answers) + later)
         return Session(self.model, self.family, self.use_cache, clean_attention, self.engine, slot)
+
+    def prefill(
+        self,
+        sessions: list[Session],
+        inputs: list[LMInputs],
+        prompt_ids: list[torch.Tensor],
+        aligned_blocks: list[int | None],
+    ) -> list[torch.Tensor | None]:
+        """`Session.prefill` of several joining answers (their sessions from `session`, each with its
+        own `aligned_block`; `join_many` them after): the prompts on lean rows run as one padded pass
+        (`prefill_rows`), the rest alone (a DeepStack prompt, which runs through transformers'
+        forward, goes to the last rows; or no lean path). Each row's positions are its own prompt's
+        (M-RoPE included), as alone."""
+        order = list(range(len(sessions)))
+        if self.lean is not None:  # the rows that run alone go last, so the others are consecutive
+            order.sort(key=lambda k: bool(inputs[k].extra))
+            for row, k in enumerate(order, start=len(self.answers)):
+                sessions[k].lean.row = row
+        out: list[torch.Tensor | None] = [None] * len(sessions)
+        together: list[tuple[int, PromptPass]] = []  # consecutive rows still to run as one pass
+
+        def flush() -> None:
+            if len(together) == 1:  # alone: exactly `generate`'s prefill
+                k = together[0][0]
+                out[k] = sessions[k].prefill(inputs[k], prompt_ids[k], aligned_blocks[k])
+            elif together:
+                rows = [sessions[k] for k, _ in together]
+                logits = prefill_rows(self.lean, rows, [p for _, p in together])
+                for (k, _), row in zip(together, logits, strict=True):
+                    out[k] = row
+            together.clear()
+
+        for k in order:
+            session, prompt, ids, aligned = sessions[k], inputs[k], prompt_ids[k], aligned_blocks[k]
+            batched = self.lean is not None and not prompt.extra
+            own = session.prompt(prompt, ids, aligned) if batched else None
+            if own is not None:
+                together.append((k, own))
+                continue
+            flush()  # this row breaks the run of consecutive rows
+            if not batched:  # (a batched row without a pass holds nothing but a pending tail)
+                out[k] = session.prefill(prompt, ids, aligned)
+        flush()
+        return out
+
+    def join_many(self, answers: list[Answer]) -> None:
+        """`join` answers prefilled together (`prefill`, which may have reordered their rows)."""
+        for answer in sorted(answers, key=lambda a: 0 if self.lean is None else a.session.lean.row):
+            self.join(answer)
 
     def join(self, answer: Answer) -> None:
         """Add a prefilled answer (its session from `session`, nothing joined in between)."""
@@ -114,11 +164,7 @@ def forward_rows(lean: LeanTextModel, sessions: list[Session], passes: list[Pass
         s + n + session.position_offset for s, n, session in zip(starts, counts, sessions, strict=True)
     )
     cos, sin = lean.rope(positions, upto)  # [r, 1, m, d]
-    mask = lean.causal_mask(torch.tensor(starts), m, end)  # [r, 1, m, end]; rows with a mask of their own:
-    for b, (p, start, n) in enumerate(zip(passes, starts, counts, strict=True)):
-        if p.mask is not None:
-            mask[b, 0, :n, : start + n] = p.mask[0, 0]
-            mask[b, 0, :n, start + n :] = torch.finfo(mask.dtype).min
+    mask = row_masks(lean, starts, counts, [p.mask for p in passes], m, end)
     hidden = lean.forward_rows(sessions[0].embed_tokens(ids), cos, sin, mask, counts)  # [r, m, D]
     rows = []
     for b, (session, p, n) in enumerate(zip(sessions, passes, counts, strict=True)):
@@ -127,3 +173,51 @@ def forward_rows(lean: LeanTextModel, sessions: list[Session], passes: list[Pass
         rows.append(hidden[b, :n][p.rows])
     logits = sessions[0].lm_head(torch.cat(rows))  # one head over every row asked for
     return list(logits.split([r.shape[0] for r in rows]))
+
+
+def row_masks(
+    lean: LeanTextModel,
+    starts: list[int],
+    counts: list[int],
+    masks: list[torch.Tensor | None],
+    m: int,
+    end: int,
+) -> torch.Tensor:
+    """The additive `[r, 1, m, end]` mask of a batched pass: row b's own `masks[b]`
+    (`[1, 1, n, start + n]`) or causal, every key past the row's new length hidden."""
+    mask = lean.causal_mask(torch.tensor(starts), m, end)
+    for b, (own, start, n) in enumerate(zip(masks, starts, counts, strict=True)):
+        if own is not None:
+            mask[b, 0, :n, : start + n] = own[0, 0]
+            mask[b, 0, :n, start + n :] = torch.finfo(mask.dtype).min
+    return mask
+
+
+def prefill_rows(
+    lean: LeanTextModel, sessions: list[Session], prompts: list[PromptPass]
+) -> list[torch.Tensor | None]:
+    """The prompts of joining answers as one pass, padded to the longest: `sessions` hold consecutive
+    empty lean rows. Each row's rotary cos/sin come from its own prompt's position ids (M-RoPE rows
+    as the model's rotary embedding gives them alone); returns `Session.prefilled`'s logits per row."""
+    first = sessions[0].lean.row
+    counts = [p.inputs.inputs_embeds.shape[1] for p in prompts]
+    r, m = len(prompts), max(counts)
+    embeds = pad_sequence([p.inputs.inputs_embeds[0] for p in prompts], batch_first=True)  # [r, m, D]
+    cos = embeds.new_zeros(r, 1, m, lean.head_dim)  # padding: rotation by 0, never read
+    sin = embeds.new_zeros(r, 1, m, lean.head_dim)
+    for b, (session, p, n) in enumerate(zip(sessions, prompts, counts, strict=True)):
+        positions = session.family.lm_position_ids(p.inputs.position_ids)
+        cos[b, :, :n], sin[b, :, :n] = (t[0] for t in lean.prompt_rope(embeds[b : b + 1, :n], positions))
+    mask = row_masks(lean, [0] * r, counts, [p.mask for p in prompts], m, m)
+    hidden = lean.forward_rows(embeds, cos, sin, mask, counts, first)  # [r, m, D]
+    last = torch.stack([hidden[b, n - 1] for b, n in enumerate(counts)])  # [r, D]
+    wanted = []  # rows whose last position predicts the first answer token
+    for b, (session, p) in enumerate(zip(sessions, prompts, strict=True)):
+        session.nfe += 1
+        if session.prefilled(p):
+            wanted.append(b)
+    out: list[torch.Tensor | None] = [None] * r
+    if wanted:
+        for b, row in zip(wanted, sessions[0].lm_head(last[wanted]), strict=True):  # one head for all
+            out[b] = row
+    return out

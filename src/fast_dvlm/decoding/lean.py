@@ -204,8 +204,10 @@ class LeanTextModel:
         sin: torch.Tensor,
         mask: torch.Tensor,
         counts: list[int],
+        first: int = 0,
     ) -> torch.Tensor:
-        """One pass of rows 0 .. r-1 together: row b's `counts[b]` new tokens (`embeds` `[r, m, D]`,
+        """One pass of rows `first` .. `first`+r-1 together (0 .. r-1 by default; a batch's joining
+        prompts sit after its running rows): row b's `counts[b]` new tokens (`embeds` `[r, m, D]`,
         padded to the longest, m) after its own cached positions; their keys are kept.
 
         `mask`: additive `[r, 1, m, end]` (end: the longest row's length after the pass), which must
@@ -214,18 +216,18 @@ class LeanTextModel:
         overwritten. Returns the final-norm hidden states `[r, m, D]`.
         """
         r, m = embeds.shape[:2]
-        starts = torch.tensor(self.lengths[:r], device=self.device)
+        starts = torch.tensor(self.lengths[first : first + r], device=self.device)
         end = mask.shape[-1]
         self._reserve(int(starts.max()) + m)
-        row_index = torch.arange(r, device=self.device)[:, None].expand(r, m)
+        row_index = torch.arange(first, first + r, device=self.device)[:, None].expand(r, m)
         slot_index = starts[:, None] + torch.arange(m, device=self.device)[None]  # [r, m]
 
         def write(store: torch.Tensor, new: torch.Tensor) -> None:
             store[row_index, :, slot_index] = new.transpose(1, 2)  # [r, m, kv, d]
 
-        hidden = self._layers(embeds, cos, sin, mask, False, slice(0, r), end, write)
+        hidden = self._layers(embeds, cos, sin, mask, False, slice(first, first + r), end, write)
         for b, n in enumerate(counts):
-            self.lengths[b] += n
+            self.lengths[first + b] += n
         return hidden
 
     def causal_mask(self, starts: torch.Tensor, m: int, end: int) -> torch.Tensor:

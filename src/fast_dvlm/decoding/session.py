@@ -23,6 +23,7 @@ check that the cache holds exactly what a fresh causal pass would compute.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -46,6 +47,16 @@ def rope_position_ids(family: Family, positions: torch.Tensor) -> torch.Tensor:
 def lean_runs(text_model: torch.nn.Module, use_cache: bool, engine: str) -> bool:
     """Whether a session over `text_model` decodes on the lean path."""
     return use_cache and engine == "lean" and LeanTextModel.supports(text_model)
+
+
+@dataclass
+class PromptPass:
+    """The prompt's pass into the cache (`Session.prompt`): all of it, or its complete blocks."""
+
+    inputs: LMInputs  # [1, n, D] embeddings, [R, 1, n] positions, family kwargs
+    mask: torch.Tensor | None  # additive [1, 1, n, n]; None: causal
+    block_ids: torch.Tensor  # [n], the block id of each prompt position
+    next_block: int  # the id of the first pass after it
 
 
 class Session:
@@ -104,6 +115,19 @@ class Session:
         becomes `pending`, the known start of the first answer block, and None is returned (the
         first answer token is decoded inside that block).
         """
+        prompt = self.prompt(inputs, prompt_ids, aligned_block)
+        if prompt is None:
+            return None
+        hidden = self._run(
+            prompt.inputs.inputs_embeds, prompt.inputs.position_ids, prompt.mask, prompt.inputs.extra
+        )
+        return self.lm_head(hidden[0, -1:])[0] if self.prefilled(prompt) else None
+
+    def prompt(
+        self, inputs: LMInputs, prompt_ids: torch.Tensor | None = None, aligned_block: int | None = None
+    ) -> PromptPass | None:
+        """`prefill`'s first half: take the prompt's positions and pending tail; the pass that puts
+        the rest into the cache (None: nothing to run). A batch runs many such passes as one."""
         self.prompt_len = length = inputs.inputs_embeds.shape[1]
         self.position_offset = int(inputs.position_ids.max()) + 1 - self.prompt_len
         full, block_ids = length, self.arange(0, length)  # causal: every position its own block
@@ -124,11 +148,16 @@ class Session:
         if aligned_block is not None:
             tokens = Tokens.make(CLEAN, self.arange(0, full), block_ids)
             mask = additive_mask(attention_allowed(tokens, tokens, "block-causal"), self.dtype)
-        hidden = self._run(prefix.inputs_embeds, prefix.position_ids, mask, prefix.extra)
+        next_block = full if aligned_block is None else full // aligned_block
+        return PromptPass(prefix, mask, block_ids, next_block)
+
+    def prefilled(self, prompt: PromptPass) -> bool:
+        """`prefill`'s second half, once `prompt` has run: its block ids. True if the prompt's last
+        position predicts the first answer token (its logits are wanted), False if a tail is pending."""
         self.prefill_nfe = 1
-        self.blocks = block_ids
-        self.next_block = full if aligned_block is None else full // aligned_block
-        return None if self.pending else self.lm_head(hidden[0, -1:])[0]
+        self.blocks = prompt.block_ids
+        self.next_block = prompt.next_block
+        return not self.pending
 
     def arange(self, start: int, stop: int) -> torch.Tensor:
         """Sequence indices `start .. stop-1` on the model's device."""

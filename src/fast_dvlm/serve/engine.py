@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import torch
+from transformers import BatchFeature
 
 from ..decoding import Decoder
 from ..decoding.answer import Answer
@@ -178,19 +179,22 @@ class Engine:
         running: dict[int, Running] = {}  # by id(answer)
         with torch.inference_mode():
             while True:
-                while len(batch) < self.max_batch_size:  # join between rounds; wait only when idle
+                joining: list[Job] = []  # join between rounds, together; wait only when idle
+                while len(batch) + len(joining) < self.max_batch_size:
                     try:
-                        job = self._queue.get(block=not running)
+                        job = self._queue.get(block=not (running or joining))
                     except queue.Empty:
                         break
                     if job is None:
-                        for run in running.values():
-                            run.job.cancelled.set()
+                        for left in [*(run.job for run in running.values()), *joining]:
+                            left.cancelled.set()
                         return
-                    if not job.abandoned() and (run := self._start(job, batch)) is not None:
-                        running[id(run.answer)] = run
-                        self.running = len(running)
-                        job.emit(Started())  # counted as running by now
+                    if not job.abandoned():
+                        joining.append(job)
+                for run in self._start(joining, batch):
+                    running[id(run.answer)] = run
+                    self.running = len(running)
+                    run.job.emit(Started())  # counted as running by now
                 if not running:
                     continue
                 try:
@@ -209,18 +213,41 @@ class Engine:
                         del running[id(answer)]
                 self.running = len(running)
 
-    def _start(self, job: Job, batch: Batch) -> Running | None:
-        """Prefill the job's prompt into the batch; None (the job told why) if it cannot be."""
-        vlm, work = self.vlm, job.work
-        try:
-            encoded = vlm.encode(work.messages, None, work.decoder.options)
-            answer = vlm.start(work.decoder, encoded, into=batch)
-        except Exception as exc:
-            if not isinstance(exc, APIError | ContextLengthError | FastDVLMError | ValueError):
-                log.error("decoding failed", exc_info=exc)
-            job.emit(Failed(failure(exc)))
-            return None
-        return Running(job, answer, TextStream(vlm.tokenizer, work.stop), encoded["input_ids"].shape[1])
+    def _start(self, jobs: list[Job], batch: Batch) -> list[Running]:
+        """Prefill the jobs' prompts into the batch together (one vision-tower call, one prompt
+        pass: `DiffusionVLM.start_many`); a job that cannot start is told why and left out. If the
+        joint start fails, each job starts alone, so only the job at fault fails."""
+        vlm, encoded = self.vlm, []
+        for job in jobs:
+            try:
+                encoded.append((job, vlm.encode(job.work.messages, None, job.work.decoder.options)))
+            except Exception as exc:
+                self._fail(job, exc)
+        if len(encoded) > 1:
+            try:
+                answers = vlm.start_many([j.work.decoder for j, _ in encoded], [e for _, e in encoded], batch)
+                return [self._running(j, a, e) for (j, e), a in zip(encoded, answers, strict=True)]
+            except Exception:  # noqa: BLE001 (retried one by one below, where it is reported)
+                pass
+        started = []
+        for job, batch_feature in encoded:
+            try:
+                answer = vlm.start(job.work.decoder, batch_feature, into=batch)
+            except Exception as exc:
+                self._fail(job, exc)
+                continue
+            started.append(self._running(job, answer, batch_feature))
+        return started
+
+    def _running(self, job: Job, answer: Answer, encoded: BatchFeature) -> Running:
+        return Running(
+            job, answer, TextStream(self.vlm.tokenizer, job.work.stop), encoded["input_ids"].shape[1]
+        )
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        if not isinstance(exc, APIError | ContextLengthError | FastDVLMError | ValueError):
+            log.error("decoding failed", exc_info=exc)
+        job.emit(Failed(failure(exc)))
 
     def _deliver(self, run: Running, chunks: list[list[int]], batch: Batch) -> bool:
         """Send a round's chunks of one answer as text pieces; True once the request is over (done,
