@@ -6,9 +6,9 @@ one shared lean cache (decoding/lean.py): nothing is shifted or left-padded, so 
 answer sits at the same index and position as when it is decoded alone. A round's passes may have
 different lengths (a draft and a verify pass, a block and a 1-token pass): they are padded to the
 longest, and each row's mask, from the decoder's own (or causal), hides every key past the row's
-own length. Answers join between rounds (prefilled alone, into a free row) and leave when they are
-complete or cancelled (the last row moves into the gap, so the rows in use stay 0 .. r-1 and a pass
-never computes a departed answer).
+own length. Answers join between rounds, into free rows (those joining together prefilled as one
+padded pass, `Batch.prefill`), and leave when they are complete or cancelled (the last row moves
+into the gap, so the rows in use stay 0 .. r-1 and a pass never computes a departed answer).
 
 Exactness: a row's attention reads its own keys only and every other layer works token by token,
 so an answer's logits are those of the same pass run alone, up to float rounding of the batched
