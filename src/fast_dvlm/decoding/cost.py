@@ -13,6 +13,7 @@ Refresh with `PassCost.of(session, refresh=True)` or by deleting the file; measu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -86,6 +87,12 @@ def cache_dir() -> Path:
 
 def machine() -> str:
     """The hardware a cost was measured on, in words."""
+    return f"{hardware()}; {torch.get_num_threads()} threads{gpu_name()}"
+
+
+@functools.cache
+def hardware() -> str:
+    """The CPU model and count (read once: `cost_key` is asked on every speculative step)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -94,17 +101,29 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads{gpu}"
+    return f"{cpu}; {os.cpu_count()} cpus"
+
+
+@functools.cache
+def gpu_name() -> str:
+    return f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
 
 
 def cost_key(session: Session) -> str:
-    config = session.text_model.config.to_dict()
-    shape = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, list)) or v is None}
-    text = json.dumps(
-        [machine(), str(session.device), str(session.dtype), session.lean is not None, shape], sort_keys=True
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    config = session.text_model.config
+    memo = (id(config), str(session.device), str(session.dtype), session.lean is not None, machine())
+    if (known := _KEYS.get(memo)) is not None and known[0] is config:
+        return known[1]
+    shape = {
+        k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool, list)) or v is None
+    }
+    text = json.dumps([machine(), memo[1], memo[2], memo[3], shape], sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    _KEYS[memo] = (config, key)
+    return key
+
+
+_KEYS: dict[tuple, tuple[object, str]] = {}  # the key per config object and machine state
 
 
 def measure(session: Session) -> tuple[float, ...]:
