@@ -4,7 +4,7 @@ weights, with a preallocated KV cache written in place (gpt-fast's shape of a de
 Why: on a small model most of a transformers forward is Python around the maths (per-layer module
 calls, mask building, cache objects; `benchmarks/results/decode_profile.md`). This loop does the
 same arithmetic in the same order as transformers' eager Qwen layers with SDPA attention, and is
-checked against them (tests/test_lean.py): hidden states to float rounding, answers token for token.
+checked against them (tests/test_speed_path.py): hidden states to float rounding, answers token for token.
 
 - KV cache: per layer a `[rows, kv_heads, capacity, head_dim]` key and value buffer, one row per
   sequence (one for `generate`, one per batch-mate for `generate_batch` and the server), each row
