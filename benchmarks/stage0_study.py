@@ -48,6 +48,10 @@ def study(args: argparse.Namespace) -> None:
     val = [s for s in read_scenes(data / "val.json", first_only=True) if s.task in chosen]
     torch.manual_seed(0)
     trainer = VisionPretrainer(vlm, every_scene)  # every label, so runs on subsets share one head shape
+    if args.init:  # a curriculum: go on from an earlier run's tower and head (fresh optimizer)
+        saved = torch.load(args.init)
+        vlm.model.load_state_dict(saved["model"])
+        trainer.head.load_state_dict(saved["head"])
     vlm.model.train()
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=args.lr, weight_decay=0.01)
     scheduler = get_scheduler("cosine", optimizer, args.schedule // 40, args.schedule)
@@ -72,6 +76,8 @@ def study(args: argparse.Namespace) -> None:
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as out:
                 out.write(json.dumps({"settings": settings} | row) + "\n")
+            if args.save:
+                torch.save({"model": vlm.model.state_dict(), "head": trainer.head.state_dict()}, args.save)
 
 
 def main() -> None:
@@ -90,6 +96,8 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=3000, help="training images per task, if building")
     parser.add_argument("--data", default="runs/stage0/data", help="split folder (built if missing)")
     parser.add_argument("--out", default="benchmarks/results/stage0_study.jsonl")
+    parser.add_argument("--init", default=None, help="start from a --save file of an earlier run")
+    parser.add_argument("--save", default=None, help="keep the tower and head here at each evaluation")
     study(parser.parse_args())
 
 
