@@ -78,7 +78,8 @@ RECIPES = {
     # 192 px (3x3 visual tokens), a 4-layer Qwen2 of width 256. Stage 0 runs longer because glyphs
     # (sign words, digits, letters) are learnt late: alone, the sign task's word reaches 42% only
     # after 400 steps (benchmarks/stage0_study.py). Sized for the 150-minute budget from step times
-    # measured beside other jobs; its first full run is still to be made.
+    # measured alone on 2 cores (stage 0 0.44 s, AR 1.21 s, conversion 2.01 s: about 127 minutes of
+    # training); its first full run is still to be made.
     "fast_vlm": DemoRecipe(
         family="fast_vlm",
         image_size=192,
