@@ -49,9 +49,7 @@ def study(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     trainer = VisionPretrainer(vlm, every_scene)  # every label, so runs on subsets share one head shape
     if args.init:  # a curriculum: go on from an earlier run's tower and head (fresh optimizer)
-        saved = torch.load(args.init)
-        vlm.model.load_state_dict(saved["model"])
-        trainer.head.load_state_dict(saved["head"])
+        trainer.load_weights(torch.load(args.init))
     vlm.model.train()
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=args.lr, weight_decay=0.01)
     scheduler = get_scheduler("cosine", optimizer, args.schedule // 40, args.schedule)
@@ -59,25 +57,20 @@ def study(args: argparse.Namespace) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "data")}
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
-        loss = trainer.loss(rng.sample(scenes, args.batch_size), args.gamma)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        loss = trainer.train_step(rng.sample(scenes, args.batch_size), args.gamma, optimizer, scheduler)
         if step % args.every == 0 or step == args.steps:
             vlm.model.eval()
             accuracy = trainer.accuracy(val)
             vlm.model.train()
             seconds = round(time.perf_counter() - started)
-            row = {"step": step, "seconds": seconds, "loss": round(loss.item(), 3)}
+            row = {"step": step, "seconds": seconds, "loss": round(loss, 3)}
             row |= {"mean": round(sum(accuracy.values()) / len(accuracy), 1)}
             row |= {task: round(value, 1) for task, value in accuracy.items()}
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as out:
                 out.write(json.dumps({"settings": settings} | row) + "\n")
             if args.save:
-                torch.save({"model": vlm.model.state_dict(), "head": trainer.head.state_dict()}, args.save)
+                torch.save(trainer.weights(), args.save)
 
 
 def main() -> None:

@@ -177,8 +177,9 @@ def check_same_recipe(workdir: Path, recipe: DemoRecipe) -> None:
     """A work directory belongs to one recipe: resuming it with other settings would mix stages."""
     settings = json.loads(json.dumps(asdict(recipe)))  # as JSON gives it back (tuples as lists)
     saved = workdir / "recipe-settings.json"
-    if saved.exists() and json.loads(saved.read_text()) != settings:
-        changed = sorted(k for k, v in json.loads(saved.read_text()).items() if settings.get(k) != v)
+    before = json.loads(saved.read_text()) if saved.exists() else settings
+    if before != settings:
+        changed = sorted(k for k, v in before.items() if settings.get(k) != v)
         raise FastDVLMError(
             f"{workdir} was started with other recipe settings ({', '.join(changed)} differ): "
             "rerun with the same recipe, or give another --workdir"

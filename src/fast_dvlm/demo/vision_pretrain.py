@@ -138,6 +138,26 @@ class VisionPretrainer:
     def parameters(self) -> list[nn.Parameter]:
         return self.vision + list(self.head.parameters())
 
+    def train_step(
+        self, scenes: list[Scene], focal_gamma: float, optimizer: torch.optim.Optimizer, scheduler
+    ) -> float:
+        """One optimizer step on `scenes`; the loss before it."""
+        loss = self.loss(scenes, focal_gamma)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    def weights(self) -> dict:
+        """The whole model's and the head's weights (what a later run or stage starts from)."""
+        return {"model": self.vlm.model.state_dict(), "head": self.head.state_dict()}
+
+    def load_weights(self, saved: dict) -> None:
+        self.vlm.model.load_state_dict(saved["model"])
+        self.head.load_state_dict(saved["head"])
+
     @torch.no_grad()
     def accuracy(self, scenes: list[Scene], batch_size: int = 64) -> dict[str, float]:
         """Per-task accuracy of the head over every question (a key never seen in training is wrong)."""
@@ -180,8 +200,7 @@ def pretrain_vision(
     done, seconds = 0, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False)
-        vlm.model.load_state_dict(state["model"])
-        trainer.head.load_state_dict(state["head"])
+        trainer.load_weights(state)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng.setstate(state["rng"])
@@ -190,18 +209,10 @@ def pretrain_vision(
     started = time.perf_counter() - seconds
     bar = tqdm(range(done, steps), "vision pre-training", initial=done, total=steps, disable=not progress)
     for step in bar:
-        batch = rng.sample(scenes, batch_size)
-        loss = trainer.loss(batch, focal_gamma)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        loss = trainer.train_step(rng.sample(scenes, batch_size), focal_gamma, optimizer, scheduler)
+        bar.set_postfix(loss=f"{loss:.3f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            state = {
-                "model": vlm.model.state_dict(),
-                "head": trainer.head.state_dict(),
+            state = trainer.weights() | {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng.getstate(),
