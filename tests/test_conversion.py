@@ -35,6 +35,53 @@ def test_blocks_restart_in_each_response_and_never_cross_turns():
     assert starts.nonzero().flatten().tolist() == [5, 7, 9, 12, 14]
 
 
+def test_without_auto_truncation_blocks_run_on_across_turns():
+    assert Recipe().auto_truncate  # the paper's recipe truncates (the test above)
+    blocks, starts = block_layout(RESPONSE, block_size=2, auto_truncate=False)
+    #                  prompt     | resp 1: [5,6] [7,8] | [9 | 10] [11 | 12] mix turns | [13,14]
+    assert blocks.tolist() == [0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert starts.nonzero().flatten().tolist() == [5, 7, 9, 12, 13]  # answer 2's first token stays a seed
+    single = RESPONSE[:10]  # one turn: cut the same either way
+    truncated, running = block_layout(single, 2), block_layout(single, 2, auto_truncate=False)
+    assert all(torch.equal(a, b) for a, b in zip(truncated, running, strict=True))
+
+
+def test_without_auto_truncation_an_answer_block_sees_the_next_turn():
+    blocks, starts = block_layout(RESPONSE, block_size=2, auto_truncate=False)
+    masked = torch.zeros(15, dtype=torch.bool)
+    masked[[6, 14]] = True
+    noise = [masked, RESPONSE & ~starts & ~masked]
+    ids = torch.arange(100, 115)
+    row = build_row(torch.randn(15, 4), torch.arange(15)[None], ids, RESPONSE, VISION, blocks, noise,
+                    torch.zeros(4), "response")  # fmt: skip
+    # the noisy copies hold prompt 2 (10, 11) too: it shares blocks with answers, which read it
+    noisy_pos = list(range(5, 15))
+    block_of = blocks.tolist()
+    layout = [(c, p, block_of[p]) for c in (1, 2) for p in noisy_pos] + [
+        (0, p, block_of[p]) for p in range(15)
+    ]
+    allowed = attention_allowed(row.tokens, row.tokens)
+    assert torch.equal(allowed, torch.tensor([[spec_rule(q, k) for k in layout] for q in layout]))
+    assert allowed[noisy_pos.index(9), noisy_pos.index(10)]  # answer 1's end sees the next question
+    assert row.diff_target.tolist() == [106, 114, 108]
+    assert row.diff_pred.tolist() == [0, 8, 10 + 2]
+
+
+def test_the_recipe_switch_reaches_the_training_rows(tiny_vlms, two_turn):
+    vlm = tiny_vlms["qwen2_5_vl"]
+    one_turn = Conversation(two_turn.images, two_turn.turns[:1])
+
+    def mask(conversation: Conversation, recipe: Recipe) -> torch.Tensor:
+        sample = render(vlm.processor, vlm.family, conversation)
+        batch, _ = layout_batch(vlm.model, vlm.family, [sample], recipe, 4, [3], vlm.settings.mask_token_id)
+        return batch.attention_mask
+
+    running = Recipe(auto_truncate=False)
+    # two turns: a block now holds prompt 2 beside answer tokens, so the noisy copies grow
+    assert mask(two_turn, Recipe()).shape[-1] < mask(two_turn, running).shape[-1]
+    assert torch.equal(mask(one_turn, Recipe()), mask(one_turn, running))
+
+
 def test_training_row_mask_equals_the_spec_element_by_element():
     blocks, starts = block_layout(RESPONSE, block_size=2)
     masked = torch.zeros(15, dtype=torch.bool)

@@ -5,7 +5,9 @@ response tokens only, some replaced by [MASK], at the position ids of the same t
 stream (3-row M-RoPE gathered per row, so rows with different images stay right). Noisy prompt
 tokens could be included (`text`, the paper's vision-efficient layout) or even noisy vision tokens
 (`full`, vision in both streams); under the attention rules nothing ever reads them, so all three
-layouts give the same loss, and `response` is the cheapest.
+layouts give the same loss, and `response` is the cheapest. Only without auto-truncation does a
+block hold prompt text beside response tokens: `response` then keeps that text too (as `text` would),
+since the block's noisy tokens read it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def build_row(
     """Lay out one sample. `embeds` [L, D] and `positions` [R, L] are its clean stream; `noise`
     holds one `[L]` mask per noisy copy; `mask_embedding` [D] is the [MASK] token's embedding."""
     length = input_ids.shape[0]
-    in_noisy = {"response": response, "text": ~vision, "full": torch.ones_like(response)}[layout]
+    answer_blocks = torch.isin(blocks, blocks[response]) & ~vision  # = response with auto-truncation
+    in_noisy = {"response": answer_blocks, "text": ~vision, "full": torch.ones_like(response)}[layout]
     kept = in_noisy.nonzero().flatten()  # clean indices copied into each noisy stream
     parts, pos_parts, token_parts, diff_pred, diff_target = [], [], [], [], []
     offset = 0

@@ -49,7 +49,7 @@ def layout_batch(
     embedded = family.embed_many(model, [BatchFeature(dict(sample.batch)).to(device) for sample in samples])
     for sample, seed, inputs in zip(samples, seeds, embedded, strict=True):
         ids, response = sample.input_ids.cpu(), sample.response.cpu()
-        blocks, block_start = block_layout(response, block_size)
+        blocks, block_start = block_layout(response, block_size, recipe.auto_truncate)
         noise = []  # with no diffusion loss (plain AR training) the noisy copies would be dead weight
         if recipe.alpha_diffusion > 0:
             noise = noise_masks(

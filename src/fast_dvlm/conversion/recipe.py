@@ -18,6 +18,7 @@ class Recipe:
     complementary_mask: bool = True
     noise_eps: float = 1e-3
     always_mask_eos: bool = False  # force each response's <|im_end|> into the first copy's mask
+    auto_truncate: bool = True  # False: blocks run on across turn boundaries (ablation, see blocks.py)
     alpha_diffusion: float = 0.5
     beta_ar: float = 0.5
     noisy_layout: NoisyLayout = "response"
