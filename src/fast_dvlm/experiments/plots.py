@@ -1,0 +1,64 @@
+"""The results page's figures: accuracy per variant against the noise, and the inference frontier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_variants(accuracies: dict[str, float], base: float, noise: float, path: Path) -> None:
+    """Short-answer accuracy of each variant; the band is `direct` plus or minus the noise."""
+    plt = pyplot()
+    names = list(accuracies)
+    direct = accuracies[names[0]]
+    fig, axes = plt.subplots(figsize=(9, 4.2))
+    bars = axes.bar(range(len(names)), [accuracies[n] for n in names], color="#4c72b0")
+    axes.bar_label(bars, fmt="%.1f", fontsize=8)
+    axes.axhspan(
+        direct - noise, direct + noise, color="#dd8452", alpha=0.25, label=f"direct ± noise ({noise:.1f})"
+    )
+    axes.axhline(base, color="#55a868", linestyle="--", label=f"AR base, ar decoding ({base:.1f})")
+    axes.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+    axes.set(ylabel="short-answer accuracy, mean over tasks (%)", ylim=(0, 100),
+             title="Conversion variants, masked diffusion at tau 0.9")  # fmt: skip
+    axes.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(points: list[dict], default: dict, path: Path) -> None:
+    """Accuracy against tokens/s, one colour per block size, tau beside each point; the frontier
+    joined by a line, the default settings ringed."""
+    plt = pyplot()
+    fig, axes = plt.subplots(figsize=(8, 5))
+    for size in sorted({p["block_size"] for p in points}):
+        mine = [p for p in points if p["block_size"] == size]
+        axes.scatter(
+            [p["tokens_per_s"] for p in mine], [p["accuracy"] for p in mine], s=30, label=f"B = {size}"
+        )
+        for p in mine:
+            axes.annotate(f"{p['threshold']:g}", (p["tokens_per_s"], p["accuracy"]), fontsize=6,
+                          xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    front = sorted((p for p in points if p["frontier"]), key=lambda p: p["tokens_per_s"])
+    axes.plot([p["tokens_per_s"] for p in front], [p["accuracy"] for p in front], color="black", lw=1,
+              label="frontier")  # fmt: skip
+    chosen = [p for p in points if all(p[k] == v for k, v in default.items())]
+    if chosen:
+        label = f"default (tau {default['threshold']}, B {default['block_size']})"
+        axes.scatter([chosen[0]["tokens_per_s"]], [chosen[0]["accuracy"]], s=160, facecolors="none",
+                     edgecolors="red", label=label)  # fmt: skip
+    axes.set(xlabel="tokens per second", ylabel="accuracy, mean over tasks (%)", ylim=(0, 100),
+             title="Masked diffusion on the direct model: tau (labels) and block size")  # fmt: skip
+    axes.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""`fast-dvlm experiments` end to end at toy scale: every variant converted from one base on one budget,
+scored, written up; a rerun skips what is done; the verdicts follow their rules."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fast_dvlm.cli import main
+from fast_dvlm.data.build import build_splits, image_digest
+from fast_dvlm.experiments import runner
+from fast_dvlm.experiments.agreement import AGREES, DISAGREES, NOISE, Noise, sampling_error, verdict
+from fast_dvlm.experiments.budget import DEFAULT_PER_TASK, DEFAULT_STEPS
+from fast_dvlm.experiments.runner import ExperimentConfig
+from fast_dvlm.experiments.sweep import dominates
+from fast_dvlm.experiments.variants import DIRECT, NO_ANNEALING, REPEAT, TWO_STAGE, VARIANTS
+from fast_dvlm.train.config import TrainConfig
+
+SIDE = 56
+TOY = ["--steps", "2", "--per-task", "1", "--batch-size", "2", "--max-new-tokens", "2"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_vlms) -> tuple[Path, Path, Path]:
+    """A toy base, toy splits in the work directory (so the demo's are not built), one full run."""
+    root = tmp_path_factory.mktemp("experiments")
+    tiny_vlms["qwen2_5_vl"].save_pretrained(root / "base")
+    work, results = root / "work", root / "docs" / "RESULTS.md"
+    build_splits(work / "data", {"train": 2, "val": 1, "test": 1}, SIDE, multi_turn=1.0, progress=False)
+    args = ["experiments", "--workdir", str(work), "--base", str(root / "base"), "--results", str(results)]
+    assert main(args + TOY) == 0
+    return work, results, root / "base"
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_every_variant_is_converted_scored_and_written_up(finished):
+    work, results, _ = finished
+    page = results.read_text()
+    for variant in VARIANTS:
+        assert f"| `{variant.name}` | {variant.change} |" in page
+    assert (results.parent / "results_variants.png").stat().st_size > 0
+    assert (results.parent / "results_sweep.png").stat().st_size > 0
+    assert "## Headline: the paper's claims against ours" in page and "73.3 vs AR 74.0" in page
+    report = json.loads((work / "results.json").read_text())
+    assert len(report["sweep"]["points"]) == 30  # the default grid: 6 thresholds x 5 block sizes
+    for variant in VARIANTS:
+        result = report["variants"][variant.name]
+        assert set(result["bench"]) == {"ar", "diffusion-t0.9", "spec-linear"}
+        assert all(c["total"] == 1 for c in result["bench"]["ar"]["tasks"].values())
+        assert result["training"]["peak_rss_mb"] > result["training"]["start_rss_mb"] > 0
+        assert ("multi_turn" in result) == variant.multi_turn
+        assert [r["step"] for r in read_log(work / variant.name)] == [1, 2]
+
+
+def test_variants_differ_only_in_their_switches(finished):
+    work, _, base = finished
+    saved = {
+        v.name: json.loads((work / v.name / "config.json").read_text())["fast_dvlm"]["recipe"]
+        for v in VARIANTS
+    }
+    shared = ExperimentConfig(steps=2, batch_size=2, per_task=1).train_config()
+    for variant in VARIANTS:
+        expected = variant.config(shared)
+        assert saved[variant.name]["recipe"] == json.loads(json.dumps(asdict(expected.recipe)))
+        assert saved[variant.name]["seed"] == expected.seed and saved[variant.name]["base"] == str(base)
+        for name in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay"):
+            assert saved[variant.name][name] == saved[DIRECT][name]
+    assert len({json.dumps(r, sort_keys=True) for r in saved.values()}) == len(VARIANTS)
+    assert saved[REPEAT]["seed"] == saved[DIRECT]["seed"] + 1
+    # and the switches acted: two stages, no annealing, annealing
+    assert [r["stage"] for r in read_log(work / TWO_STAGE)] == [1, 2]
+    assert [r["block_size"] for r in read_log(work / NO_ANNEALING)] == [32, 32]
+    assert [r["block_size"] for r in read_log(work / DIRECT)] == [2, 16]
+
+
+def test_the_multi_turn_set_asks_several_questions_about_unseen_images(finished):
+    work, _, _ = finished
+    data = work / "data"
+    conversations = json.loads((data / "multiturn-1.json").read_text())
+    assert conversations and all(len(c["conversations"]) in (4, 6) for c in conversations)
+    trained = {
+        image_digest(Image.open(data / r["image"])) for r in json.loads((data / "train.json").read_text())
+    }
+    assert not trained & {image_digest(Image.open(data / c["image"])) for c in conversations}
+
+
+def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(finished, monkeypatch):
+    work, results, base = finished
+    done = sorted(work.glob("*/*.json")) + sorted(work.glob("*/model.safetensors")) + [work / "sweep.json"]
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    calls: list[str] = []
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished variant was trained again")
+
+    def counted(model, split, modes, *args, **kwargs):
+        calls.append(modes[0].model)
+        return scored(model, split, modes, *args, **kwargs)
+
+    scored = runner.evaluate
+    monkeypatch.setattr(runner, "train_measured", no_training)
+    monkeypatch.setattr(runner, "evaluate", counted)
+    args = ["experiments", "--workdir", str(work), "--base", str(base), "--results", str(results)]
+    assert main(args + TOY) == 0
+    assert calls == [] and all(p.stat().st_mtime_ns == stamps[p] for p in done)
+
+    (work / NO_ANNEALING / "result.json").unlink()  # as if stopped after its training
+    assert main(args + TOY) == 0
+    assert calls == ["converted"]  # scored again, not trained again
+    assert (work / NO_ANNEALING / "training.json").stat().st_mtime_ns == stamps[
+        work / NO_ANNEALING / "training.json"
+    ]
+
+
+def test_a_workdir_resumed_with_other_settings_is_refused(finished, capsys):
+    work, results, base = finished
+    args = ["experiments", "--workdir", str(work), "--base", str(base), "--results", str(results)]
+    assert main(args + ["--steps", "3", "--per-task", "1", "--batch-size", "2", "--max-new-tokens", "2"]) == 2
+    assert "steps differ" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_error_line(tmp_path, capsys):
+    missing = ["experiments", "--workdir", str(tmp_path / "w"), "--base", str(tmp_path / "nowhere")]
+    assert main(missing) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fast-dvlm: error:") and "nowhere" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "w").exists()  # nothing started
+    assert main(["experiments", "--workdir", str(tmp_path / "w"), "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fast-dvlm: error: steps must be at least 1, got 0"
+
+
+def test_the_default_budget_is_the_documented_one():
+    config = ExperimentConfig()
+    assert (config.steps, config.per_task) == (DEFAULT_STEPS, DEFAULT_PER_TASK) == (400, 30)
+    train = config.train_config()
+    assert (train.batch_size, train.lr, train.seed) == (32, 5e-4, 1)  # the demo conversion's
+    assert ExperimentConfig.capped(2).sweep_per_task == 2 and ExperimentConfig.capped(100).sweep_per_task == 5
+
+
+def test_a_variant_changes_a_copy_of_the_shared_settings():
+    shared = TrainConfig(steps=5, seed=3)
+    two_stage = next(v for v in VARIANTS if v.name == TWO_STAGE).config(shared)
+    repeat = next(v for v in VARIANTS if v.name == REPEAT).config(shared)
+    assert two_stage.recipe.two_stage and not shared.recipe.two_stage
+    assert repeat.seed == 4 and repeat.recipe == shared.recipe and shared.seed == 3
+
+
+def test_verdicts_weigh_the_effect_against_the_noise():
+    noise = Noise(seed_difference=2.0, sampling=1.0)
+    assert verdict(-5.0, -1, noise) == AGREES
+    assert verdict(-1.5, -1, noise) == NOISE
+    assert verdict(+5.0, -1, noise) == DISAGREES
+    assert verdict(+5.0, +1, Noise(0.0, 6.0)) == NOISE  # the sampling error is a floor
+    # one task, 2 of 4 right in each run: 2 * sqrt(2 * 0.25 / 4) = 0.707
+    counts = {"a": {"correct": 2, "total": 4}}
+    assert sampling_error([counts, counts], ["a"]) == pytest.approx(70.71, abs=0.01)
+
+
+def test_the_frontier_keeps_settings_nothing_beats():
+    fast = {"accuracy": 40.0, "tokens_per_s": 300.0}
+    slow_better = {"accuracy": 50.0, "tokens_per_s": 200.0}
+    beaten = {"accuracy": 40.0, "tokens_per_s": 250.0}
+    assert dominates(fast, beaten) and not dominates(fast, slow_better) and not dominates(slow_better, fast)
+    assert not dominates(fast, dict(fast))
