@@ -52,12 +52,21 @@ def study(args: argparse.Namespace) -> None:
         trainer.load_weights(torch.load(args.init))
     vlm.model.train()
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=args.lr, weight_decay=0.01)
-    scheduler = get_scheduler("cosine", optimizer, args.schedule // 40, args.schedule)
+    scheduler = get_scheduler(args.lr_schedule, optimizer, args.schedule // 40, args.schedule)
     rng = random.Random(0)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "data")}
+    focus_order = [t for t in args.focus_order.split(",") if t in chosen] if args.focus_steps else []
+    by_task = {task: [s for s in scenes if s.task == task] for task in chosen}
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
-        loss = trainer.train_step(rng.sample(scenes, args.batch_size), args.gamma, optimizer, scheduler)
+        phase = (step - 1) // args.focus_steps if args.focus_steps else len(focus_order)
+        if phase < len(focus_order):  # half the batch, and half the loss, on one task
+            focus = focus_order[phase]
+            half = args.batch_size // 2
+            batch = rng.sample(by_task[focus], half) + rng.sample(scenes, args.batch_size - half)
+        else:
+            focus, batch = None, rng.sample(scenes, args.batch_size)
+        loss = trainer.train_step(batch, args.gamma, optimizer, scheduler, focus)
         if step % args.every == 0 or step == args.steps:
             vlm.model.eval()
             accuracy = trainer.accuracy(val)
@@ -80,6 +89,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--schedule", type=int, default=4000, help="cosine length (steps), as in a full run")
     parser.add_argument("--every", type=int, default=100, help="evaluate every this many steps")
+    parser.add_argument("--lr-schedule", default="cosine", help="a transformers scheduler name")
+    parser.add_argument("--focus-steps", type=int, default=0, help="steps of each task's focused phase")
+    parser.add_argument(
+        "--focus-order",
+        default="sign,steps,arithmetic,receipt,diagram,handwriting,chart,map,counting,presence,spatial",
+        help="the tasks focused on, in turn, before the plain mix (with --focus-steps)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--gamma", type=float, default=2.0, help="focal loss exponent (0: cross-entropy)")

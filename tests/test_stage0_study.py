@@ -19,7 +19,8 @@ def run(monkeypatch, *args: str) -> None:
 def test_rows_hold_the_chosen_tasks_and_a_curriculum_starts_from_the_saved_tower(tmp_path, monkeypatch):
     common = ["--side", "128", "--per-task", "2", "--steps", "2", "--every", "1", "--batch-size", "2",
               "--data", str(tmp_path / "data"), "--out", str(tmp_path / "rows.jsonl")]  # fmt: skip
-    run(monkeypatch, "--name", "first", "--tasks", "sign,receipt", "--save", str(tmp_path / "t.pt"), *common)
+    run(monkeypatch, "--name", "first", "--tasks", "sign,receipt", "--save", str(tmp_path / "t.pt"),
+        "--focus-steps", "1", "--focus-order", "receipt,chart", *common)  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all({"sign", "receipt"} <= set(r) and "chart" not in r for r in rows)

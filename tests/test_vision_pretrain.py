@@ -64,6 +64,9 @@ def test_the_loss_weighs_each_task_alike_and_focal_spares_what_is_answered_well(
         focal = questions * (1 - p) ** 2
         by_task = {t: focal[[k for k, u in enumerate(tasks) if u == t]].mean() for t in set(tasks)}
         assert torch.allclose(trainer.loss(scenes, 2.0), torch.stack(list(by_task.values())).mean())
+        # a focused task counts as much as all the others together
+        others = torch.stack([v for t, v in by_task.items() if t != "sign"]).mean()
+        assert torch.allclose(trainer.loss(scenes, 2.0, focus="sign"), (by_task["sign"] + others) / 2)
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
@@ -78,11 +81,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monke
     whole = run()
     loss, calls = VisionPretrainer.loss, []
 
-    def crash_on_third_step(self, scenes, gamma):
+    def crash_on_third_step(self, *args):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return loss(self, scenes, gamma)
+        return loss(self, *args)
 
     monkeypatch.setattr(VisionPretrainer, "loss", crash_on_third_step)
     with pytest.raises(KeyboardInterrupt):

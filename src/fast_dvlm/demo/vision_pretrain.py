@@ -115,8 +115,9 @@ class VisionPretrainer:
     def targets(self, scenes: list[Scene]) -> torch.Tensor:
         return torch.tensor([self.index.get(label, -100) for scene in scenes for label in scene.labels()])
 
-    def loss(self, scenes: list[Scene], focal_gamma: float) -> torch.Tensor:
-        """Focal cross-entropy, averaged within each task, then over the tasks in the batch.
+    def loss(self, scenes: list[Scene], focal_gamma: float, focus: str | None = None) -> torch.Tensor:
+        """Focal cross-entropy, averaged within each task, then over the tasks in the batch (with
+        `focus`, that task's mean counts as much as all the others' together).
 
         Plain cross-entropy lets the easy labels (colours, shapes) starve the hard ones (words and
         digits drawn in the image): measured on the sign task alone, a linear word head over the
@@ -130,19 +131,25 @@ class VisionPretrainer:
         tasks = [scene.task for scene in scenes for _ in scene.questions]
         log_p = torch.log_softmax(logits, -1).gather(1, targets.clamp(min=0)[:, None])[:, 0]
         per_question = -log_p * (1 - log_p.exp()).pow(focal_gamma) * (targets >= 0)
-        per_task = [
-            per_question[[k for k, t in enumerate(tasks) if t == name]].mean() for name in sorted(set(tasks))
-        ]
-        return torch.stack(per_task).mean()
+        names = sorted(set(tasks))
+        rows = [[k for k, t in enumerate(tasks) if t == name] for name in names]
+        per_task = torch.stack([per_question[r].mean() for r in rows])
+        weights = torch.tensor([max(len(names) - 1.0, 1.0) if n == focus else 1.0 for n in names])
+        return (per_task * weights).sum() / weights.sum()
 
     def parameters(self) -> list[nn.Parameter]:
         return self.vision + list(self.head.parameters())
 
     def train_step(
-        self, scenes: list[Scene], focal_gamma: float, optimizer: torch.optim.Optimizer, scheduler
+        self,
+        scenes: list[Scene],
+        focal_gamma: float,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        focus: str | None = None,
     ) -> float:
         """One optimizer step on `scenes`; the loss before it."""
-        loss = self.loss(scenes, focal_gamma)
+        loss = self.loss(scenes, focal_gamma, focus)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
         optimizer.step()
