@@ -1,20 +1,22 @@
 """The prefill cost of a demo's vision choice: visual tokens, vision-tower time and time to first
 token, the shipped demo against an earlier commit's, side by side on the same test items.
 
-    OMP_NUM_THREADS=2 python benchmarks/demo_prefill.py --old-rev e76036a \
+    OMP_NUM_THREADS=2 python -m benchmarks.demo_prefill --old-rev e76036a \
         --out benchmarks/results/demo_prefill
 
 Each model sees the test split rendered at its own training resolution (the splits are regenerated
 from the same seeds, so the scenes are the same). Time to first token is `generate` with one new
-token: processor, vision tower, prefill, first token. Medians over `--items` items, after one
-untimed warm-up; run it with nothing else on the machine.
+token: processor, vision tower, prefill, first token. Medians over the first `--per-task` test items
+of each task, after one untimed warm-up; run it with nothing else on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,20 +26,26 @@ import torch
 from benchmarks.demo_versions import weights_at
 from fast_dvlm import load
 from fast_dvlm.data.build import build_splits
+from fast_dvlm.data.task import DEMO_SIDE
 from fast_dvlm.eval.accuracy import read_items
 from fast_dvlm.prompt import encode_prompt
 from fast_dvlm.vlm import DiffusionVLM
 
 
-def image_side(vlm: DiffusionVLM) -> int:
-    """The side the model's processor resizes images to (what it was trained at)."""
-    size = vlm.processor.image_processor.size
-    return int(size.get("shortest_edge") or size.get("height") or size["longest_edge"])
+def demo_side(revision: str | None) -> int:
+    """`DEMO_SIDE` (the shipped demo's training resolution) at `revision`; None: now."""
+    if revision is None:
+        return DEMO_SIDE
+    source = subprocess.run(
+        ["git", "show", f"{revision}:src/fast_dvlm/data/task.py"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(re.search(r"^DEMO_SIDE = (\d+)", source, re.M).group(1))
 
 
 @torch.inference_mode()
-def measure(vlm: DiffusionVLM, split: Path, items: int) -> dict:
-    tested = read_items(split)[: items + 1]
+def measure(vlm: DiffusionVLM, split: Path, per_task: int) -> dict:
+    tested = read_items(split, per_task)
+    tested = tested[:1] + tested  # the first answer warms up
     image_token = vlm.tokenizer.convert_tokens_to_ids(vlm.family.image_token)
     tower, ttft, tokens = [], [], []
     for k, item in enumerate(tested):
@@ -52,7 +60,6 @@ def measure(vlm: DiffusionVLM, split: Path, items: int) -> dict:
             ttft.append(out.seconds)
             tokens.append(int((batch["input_ids"] == image_token).sum()))
     return {
-        "image side": image_side(vlm),
         "visual tokens": statistics.median(tokens),
         "parameters (M)": sum(p.numel() for p in vlm.model.parameters()) / 1e6,
         "vision tower ms": 1000 * statistics.median(tower),
@@ -67,18 +74,21 @@ def main() -> None:
     )
     parser.add_argument("--old-rev", required=True, help="git revision whose shipped demo to compare against")
     parser.add_argument("--model", default="demo", help="shipped model name (default: demo)")
-    parser.add_argument("--items", type=int, default=55, help="timed test items (5 per task when 55)")
+    parser.add_argument("--per-task", type=int, default=5, help="timed test items per task")
     parser.add_argument("--workdir", default="runs/demo_prefill", help="where the two test splits are built")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         old = weights_at(args.old_rev, args.model, Path(tmp))
-        for label, source in ((f"{args.model} at {args.old_rev}", old), (f"{args.model} now", args.model)):
-            vlm = load(source)
-            side = image_side(vlm)
-            split = build_splits(Path(args.workdir) / str(side), {"test": 60}, side, splits=("test",))["test"]
-            rows[label] = {"family": vlm.family.name} | measure(vlm, split, args.items)
+        for label, source, revision in (
+            (f"{args.model} at {args.old_rev}", old, args.old_rev),
+            (f"{args.model} now", args.model, None),
+        ):
+            vlm, side = load(source), demo_side(revision)
+            folder = Path(args.workdir) / str(side)
+            split = build_splits(folder, {"test": args.per_task}, side, splits=("test",))["test"]
+            rows[label] = {"family": vlm.family.name, "image side": side} | measure(vlm, split, args.per_task)
     columns = list(next(iter(rows.values())))
     table = [f"| model | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
     for label, row in rows.items():
