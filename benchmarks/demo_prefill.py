@@ -14,32 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.demo_versions import weights_at
+from benchmarks.demo_versions import demo_side, weights_at
 from fast_dvlm import load
 from fast_dvlm.data.build import build_splits
-from fast_dvlm.data.task import DEMO_SIDE
 from fast_dvlm.eval.accuracy import read_items
 from fast_dvlm.prompt import encode_prompt
 from fast_dvlm.vlm import DiffusionVLM
-
-
-def demo_side(revision: str | None) -> int:
-    """`DEMO_SIDE` (the shipped demo's training resolution) at `revision`; None: now."""
-    if revision is None:
-        return DEMO_SIDE
-    source = subprocess.run(
-        ["git", "show", f"{revision}:src/fast_dvlm/data/task.py"], capture_output=True, text=True, check=True
-    ).stdout
-    return int(re.search(r"^DEMO_SIDE = (\d+)", source, re.M).group(1))
 
 
 @torch.inference_mode()
