@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every README figure measured on the shipped demo models, regenerated in one go, in the order the
+# README quotes them. Run it with nothing else on the machine (each study sets its own threads where
+# it has a flag; the rest use OMP_NUM_THREADS, 2 by default):
+#
+#     bash benchmarks/demo_figures.sh [OLD_REV] > runs/demo_figures.log 2>&1
+#
+# OLD_REV is the commit whose shipped demo the new one is compared against (demo_versions,
+# demo_prefill). A failing study is reported and the next one still runs.
+set -u
+OLD=${1:-e76036a}
+R=benchmarks/results
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+failed=()
+step() {
+    echo "== $(date +%H:%M:%S) $*"
+    "$@" || { echo "!! failed: $*"; failed+=("$*"); }
+}
+step fast-dvlm bench --json $R/bench_demo.json --plot $R/bench_demo.png
+step python -m benchmarks.demo_versions --old-rev "$OLD" --split val --out $R/demo_versions_val
+step python -m benchmarks.demo_versions --old-rev "$OLD" --split test --out $R/demo_versions_test
+step python -m benchmarks.demo_prefill --old-rev "$OLD" --out $R/demo_prefill
+step python benchmarks/ttft.py --recost $R/ttft.json
+step python benchmarks/batch_decode.py --per-task 4 --repeats 2 --json $R/batch_decode.json
+for c in 1 4 8 16; do
+    step python benchmarks/serve_load.py --model demo --requests 48 --concurrency $c --json $R/serve_load_c$c.json
+done
+step python benchmarks/decode_profile.py --repeats 5
+step python benchmarks/fp8_error.py --model demo --out $R/fp8_error.json
+step fast-dvlm quantize --model demo --scheme fp8-w8a8 --out runs/demo-fp8 --emulate --dtype float32
+step fast-dvlm bench --model runs/demo-fp8 --base demo-ar --json $R/bench_demo_fp8.json
+echo "== $(date +%H:%M:%S) done; ${#failed[@]} failed"
+for f in "${failed[@]}"; do echo "!! $f"; done
+[ ${#failed[@]} -eq 0 ]
