@@ -33,7 +33,7 @@ def test_items(tmp_path_factory):
 def test_the_shipped_models_are_the_default_recipes(name):
     vlm, recipe = load(name), DemoRecipe()
     assert vlm.family.name == recipe.family
-    assert DEMO_SIDE == recipe.image_size
+    assert recipe.image_size == DEMO_SIDE
     assert f"{DEMO_SIDE}-pixel square images" in (ASSETS / name / "README.md").read_text()
     assert vlm.settings.converted == (name == "demo")
 
