@@ -138,9 +138,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
-    from .demo.recipe import RECIPES, make_demo
+    from .demo.recipe import make_demo
 
-    make_demo(args.workdir, RECIPES[args.recipe], export=not args.no_export)
+    make_demo(args.workdir, export=not args.no_export)
 
 
 def cmd_experiments(args: argparse.Namespace) -> None:
@@ -217,17 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     make = commands.add_parser(
         "make-demo",
         help="build the demo models from scratch (data, tokenizer, AR training, conversion)",
-        description="The demo recipe: procedural data, offline tokenizer, AR training from scratch, direct "
+        description="The demo recipe (fast_dvlm.demo.recipe.DemoRecipe: a tiny FastVLM-architecture model): "
+        "procedural data, offline tokenizer, vision-tower pre-training, AR training from scratch, direct "
         "conversion, fp16 export to the package assets. Resumable: rerun the same command after a stop.",
     )
     make.add_argument("--workdir", default="runs/demo", help="where data, logs and checkpoints go")
     make.add_argument("--no-export", action="store_true", help="do not overwrite the shipped assets")
-    make.add_argument(
-        "--recipe",
-        choices=("qwen2_5_vl", "fast_vlm"),
-        default="qwen2_5_vl",
-        help="qwen2_5_vl: the shipped demo's recipe; fast_vlm: the FastViTHD-style demo in the making",
-    )
     make.set_defaults(run=cmd_make_demo)
 
     runs = commands.add_parser(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 CANVAS = 224  # tasks draw at this size; images are resized to the model's resolution afterwards
-DEMO_SIDE = 112  # the resolution the shipped demo models were trained at (2x2 visual tokens)
+DEMO_SIDE = 192  # the resolution the shipped demo models were trained at (3x3 FastViT tokens)
 
 
 @dataclass

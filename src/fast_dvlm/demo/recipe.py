@@ -36,69 +36,44 @@ ARCHITECTURES = {  # what a model card calls each family
 
 @dataclass
 class DemoRecipe:
-    family: str = "qwen2_5_vl"  # any family with a tiny builder (`fast_dvlm.models.tiny`)
-    image_size: int = DEMO_SIDE  # 2x2 = 4 visual tokens: 8x8 patches of 14 px, merged 4x4
+    """The shipped demo: timm's fastvit_mci3 (FastViTHD) scaled to widths 16..256 at 192 px, 3x3
+    visual tokens (stride 64), feeding a 4-layer Qwen2 of width 256 (1-D RoPE): 4.8M parameters.
+    Sized for the 150-minute budget from step times measured alone on 2 cores (stage 0 0.44 s, AR
+    1.21 s, conversion 2.01 s: about 127 minutes of training)."""
+
+    family: str = "fast_vlm"  # any family with a tiny builder (`fast_dvlm.models.tiny`)
+    image_size: int = DEMO_SIDE
     train_per_task: int = 3000
     multi_turn: float = 0.8  # share of training images asked 2-3 questions: more answers per image encoded
     eval_per_task: int = 60
     vocab_size: int = 1024
     size: TinySize = field(
         default_factory=lambda: TinySize(
-            hidden_size=192,
-            num_layers=4,
-            num_heads=6,
-            num_kv_heads=2,
-            intermediate_size=576,
-            vision_hidden_size=128,
-            vision_layers=4,
-            image_size=DEMO_SIDE,
-            spatial_merge=4,  # measured: the LM learns to read 4 rich tokens far sooner than 16
-            max_position_embeddings=1024,
-        )
-    )
-    batch_size: int = 32
-    vision_steps: int = 3000  # stage 0, see vision_pretrain.py
-    vision_lr: float = 1e-3
-    vision_focal_gamma: float = 2.0  # spares well-answered labels, so glyphs get the tower's gradient
-    ar_steps: int = 2500
-    ar_lr: float = 1e-3
-    # a second AR cycle (warm-up, cosine) at half the lr: measured on 20 validation items per task,
-    # `ar` accuracy 30.0% after the first cycle and 37.3% after the second
-    ar_restart_steps: int = 2000
-    ar_restart_lr: float = 5e-4
-    convert_steps: int = 600
-    convert_lr: float = 5e-4
-    seed: int = 0
-
-
-RECIPES = {
-    # the shipped demo: Qwen2.5-VL, 112 px, 4 visual tokens
-    "qwen2_5_vl": DemoRecipe(),
-    # the FastVLM demo in the making (issue 17): timm's fastvit_mci3 scaled to widths 16..256 at
-    # 192 px (3x3 visual tokens), a 4-layer Qwen2 of width 256. Stage 0 runs longer because glyphs
-    # (sign words, digits, letters) are learnt late: alone, the sign task's word reaches 42% only
-    # after 400 steps (benchmarks/stage0_study.py). Sized for the 150-minute budget from step times
-    # measured alone on 2 cores (stage 0 0.44 s, AR 1.21 s, conversion 2.01 s: about 127 minutes of
-    # training); its first full run is still to be made.
-    "fast_vlm": DemoRecipe(
-        family="fast_vlm",
-        image_size=192,
-        size=TinySize(
             hidden_size=256,
             num_layers=4,
             num_heads=8,
             num_kv_heads=2,
             intermediate_size=768,
             vision_hidden_size=64,  # FastViT widths 16, 32, 64, 128, 256
-            image_size=192,
+            image_size=DEMO_SIDE,
             max_position_embeddings=1024,
-        ),
-        vision_steps=5000,
-        ar_steps=2500,
-        ar_restart_steps=1000,
-        convert_steps=500,
-    ),
-}
+        )
+    )
+    batch_size: int = 32
+    # stage 0 (vision_pretrain.py) runs long because glyphs (sign words, digits) are learnt late:
+    # alone, the sign task's word reaches 42% only after 400 steps (benchmarks/stage0_study.py)
+    vision_steps: int = 5000
+    vision_lr: float = 1e-3
+    vision_focal_gamma: float = 2.0  # spares well-answered labels, so glyphs get the tower's gradient
+    ar_steps: int = 2500
+    ar_lr: float = 1e-3
+    # a second AR cycle (warm-up, cosine) at half the lr: on the previous (Qwen2.5-VL) demo, `ar`
+    # accuracy went from 30.0% to 37.3% on 20 validation items per task
+    ar_restart_steps: int = 1000
+    ar_restart_lr: float = 5e-4
+    convert_steps: int = 500
+    convert_lr: float = 5e-4
+    seed: int = 0
 
 
 def tokenizer_corpus(train_file: Path) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.build import build_splits
-from ..demo.recipe import RECIPES, DemoRecipe
+from ..demo.recipe import DemoRecipe
 from ..errors import FastDVLMError
 from ..settings import THRESHOLD
 from ..train.config import TrainConfig
@@ -157,10 +157,7 @@ def run_experiments(
     base_model = load(base)  # a missing base fails here, before any work
     variants = {v.name: {"recipe": v.recipe, "seed_offset": v.seed_offset} for v in VARIANTS}
     claim(workdir, {"base": str(base), "data": str(data_dir), **asdict(config), "variants": variants})
-    if data_dir is None:
-        data = demo_data(workdir / "data", base_model.family.name, progress)
-    else:
-        data = Path(data_dir)
+    data = demo_data(workdir / "data", progress) if data_dir is None else Path(data_dir)
     for split in ("train", "test"):
         if not (data / f"{split}.json").is_file():
             raise FastDVLMError(f"no {split} split in {data}: expected {split}.json")
@@ -219,9 +216,9 @@ def claim(workdir: Path, settings: dict) -> None:
     saved.write_text(json.dumps(settings, indent=1))
 
 
-def demo_data(out: Path, family: str, progress: bool = True) -> Path:
-    """The demo recipe's splits for `family` (the shipped demo's when it has none), built once."""
-    recipe = RECIPES.get(family, DemoRecipe())
+def demo_data(out: Path, progress: bool = True) -> Path:
+    """The demo recipe's splits, built once."""
+    recipe = DemoRecipe()
     if not (out / "train.json").exists():
         per_task = {"train": recipe.train_per_task, "val": recipe.eval_per_task, "test": recipe.eval_per_task}
         build_splits(out, per_task, recipe.image_size, recipe.multi_turn, progress)
