@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
@@ -17,7 +16,6 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..errors import FastDVLMError
 from .chat_template import qwen_chat_template
 from .family import Family, LMInputs, TinySize
 
@@ -49,8 +47,6 @@ class FastVlmFamily(Family):
 
     @property
     def model_class(self) -> type[PreTrainedModel]:
-        if importlib.util.find_spec("timm") is None:
-            raise FastDVLMError("FastVLM's vision tower needs timm: pip install 'fast-dvlm[fastvlm]'")
         return FastVlmForConditionalGeneration
 
     def embed(self, model: PreTrainedModel, batch: BatchFeature) -> LMInputs:
