@@ -127,7 +127,8 @@ def full_forward_logprob(vlm: DiffusionVLM, prompt: str, image, continuation: st
     inputs = dict(batch)
     inputs["input_ids"] = torch.cat([batch["input_ids"], ids], dim=1)
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    inputs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(ids)], dim=1)
+    if "mm_token_type_ids" in batch:  # Qwen-VL processors mark the image tokens; LLaVA-style ones do not
+        inputs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(ids)], dim=1)
     with torch.inference_mode():
         logits = vlm.model(**inputs).logits[0, batch["input_ids"].shape[1] - 1 : -1].float()  # [n, V]
     logprob = logits.log_softmax(-1).gather(1, ids[0, :, None]).sum()
