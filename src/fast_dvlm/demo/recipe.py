@@ -19,12 +19,12 @@ import torch
 
 from ..data.build import build_splits
 from ..data.task import DEMO_SIDE
-from ..errors import FastDVLMError
 from ..models.family import TinySize
 from ..models.tiny import build_tiny_model
 from ..train.config import TrainConfig
 from ..train.trainer import LOG_FILE, convert
 from ..vlm import DiffusionVLM
+from ..workdir import claim_workdir
 from .vision_pretrain import pretrain_vision
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -150,17 +150,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
 
 def check_same_recipe(workdir: Path, recipe: DemoRecipe) -> None:
     """A work directory belongs to one recipe: resuming it with other settings would mix stages."""
-    settings = json.loads(json.dumps(asdict(recipe)))  # as JSON gives it back (tuples as lists)
-    saved = workdir / "recipe-settings.json"
-    before = json.loads(saved.read_text()) if saved.exists() else settings
-    if before != settings:
-        changed = sorted(k for k, v in before.items() if settings.get(k) != v)
-        raise FastDVLMError(
-            f"{workdir} was started with other recipe settings ({', '.join(changed)} differ): "
-            "rerun with the same recipe, or give another --workdir"
-        )
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(settings, indent=1))
+    claim_workdir(workdir, asdict(recipe), "recipe-settings.json", "recipe settings")
 
 
 def ar_config(steps: int, lr: float, batch_size: int, seed: int) -> TrainConfig:

@@ -24,6 +24,7 @@ from ..errors import FastDVLMError
 from ..settings import THRESHOLD
 from ..train.config import TrainConfig
 from ..vlm import DiffusionVLM, load
+from ..workdir import claim_workdir
 from .budget import DEFAULT_PER_TASK, DEFAULT_STEPS, MULTI_TURN_PER_TASK, SWEEP_PER_TASK
 from .evaluate import BASE_MODES, VARIANT_MODES, evaluate
 from .multiturn import build_multi_turn, score_multi_turn
@@ -156,7 +157,8 @@ def run_experiments(
     workdir = Path(workdir)
     base_model = load(base)  # a missing base fails here, before any work
     variants = {v.name: {"recipe": v.recipe, "seed_offset": v.seed_offset} for v in VARIANTS}
-    claim(workdir, {"base": str(base), "data": str(data_dir), **asdict(config), "variants": variants})
+    settings = {"base": str(base), "data": str(data_dir), **asdict(config), "variants": variants}
+    claim_workdir(workdir, settings, SETTINGS_FILE)
     data = demo_data(workdir / "data", progress) if data_dir is None else Path(data_dir)
     for split in ("train", "test"):
         if not (data / f"{split}.json").is_file():
@@ -198,22 +200,6 @@ def once(path: Path, make: Callable[[], dict]) -> dict:
     partial.write_text(json.dumps(value, indent=1))
     partial.rename(path)
     return value
-
-
-def claim(workdir: Path, settings: dict) -> None:
-    """A work directory belongs to one base and one set of settings: resuming it with others would
-    compare variants trained or scored differently."""
-    saved = workdir / SETTINGS_FILE
-    settings = json.loads(json.dumps(settings))
-    before = json.loads(saved.read_text()) if saved.exists() else settings
-    if before != settings:
-        changed = sorted(k for k in before | settings if before.get(k) != settings.get(k))
-        raise FastDVLMError(
-            f"{workdir} was started with other settings ({', '.join(changed)} differ): "
-            "rerun with the same ones, or give another --workdir"
-        )
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(settings, indent=1))
 
 
 def demo_data(out: Path, progress: bool = True) -> Path:
