@@ -142,6 +142,32 @@ def test_draft_length():
     assert draft_length([10, 10], 1, 32, flat()) == 16
 
 
+def test_shared_pass_cost_is_each_answers_share_of_the_batched_pass():
+    curve = PassCost((1, 8, 16, 32), (1.0, 1.2, 1.5, 2.5))
+    assert curve.shared(1) is curve
+    assert curve.shared(8)(4) == pytest.approx(curve(32) / 8)
+    assert curve.shared(8)(32) == pytest.approx((2.5 + (256 - 32) * (1.0 / 16)) / 8)  # extrapolated
+    assert draft_length([10, 10], 1, 32, curve) == 16
+    assert draft_length([10, 10], 1, 32, curve.shared(8)) == 8  # beside 7 others, long drafts are dear
+
+
+def test_batched_answers_weigh_their_share_of_the_pass(tiny_vlms, images, monkeypatch):
+    """In `generate_batch` each answer's policy sees the rows decoding with it; alone, one row."""
+    from fast_dvlm.decoding import spec_linear
+
+    vlm = tiny_vlms["qwen2_5_vl"]
+    rows: list[int] = []
+    real = spec_linear.answer_pass_cost
+    monkeypatch.setattr(spec_linear, "answer_pass_cost", lambda s: rows.append(s.batch_rows) or real(s))
+    prompts = [f"Question {i}: what is shown?" for i in range(5)]
+    alone = [vlm.generate(p, images[:1], "spec-linear", 24).token_ids for p in prompts]
+    assert set(rows) == {1}
+    rows.clear()
+    batched = vlm.generate_batch(prompts, [images[:1]] * 5, "spec-linear", 24)
+    assert [b.token_ids for b in batched] == alone
+    assert max(rows) == 5 and set(rows) <= {1, 2, 3, 4, 5}
+
+
 def test_pass_cost_is_measured_once_and_kept_on_disk(tiny_vlms, tmp_path, monkeypatch):
     vlm = tiny_vlms["qwen2_5_vl"]
     monkeypatch.setenv("FAST_DVLM_CACHE_DIR", str(tmp_path))

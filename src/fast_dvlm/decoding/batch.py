@@ -128,6 +128,9 @@ class Batch:
         """Every answer decodes up to its next pass, then those passes run. Returns each answer's
         chunks committed this round; an answer that completed has left (`answer.done`)."""
         out = []
+        if self.lean is not None:  # the drafting policy weighs each answer's share of a batched pass
+            for answer in self.answers:
+                answer.session.batch_rows = len(self.answers)
         for answer in list(self.answers):
             chunks, wanted = answer.advance()
             out.append((answer, chunks, wanted))

@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +49,14 @@ class PassCost:
                 a, b = sizes[k - 1], sizes[k]
                 return seconds[k - 1] + (seconds[k] - seconds[k - 1]) * (n - a) / (b - a)
         raise AssertionError("unreachable")
+
+    def shared(self, rows: int) -> Callable[[int], float]:
+        """One answer's share of an n-token pass when `rows` answers' passes run as one batched pass
+        (`generate_batch`, the server): a pass of rows x n tokens, split evenly. Where a 1-token
+        pass is mostly fixed overhead, batching makes it cheap per answer and a long draft dear."""
+        if rows <= 1:
+            return self
+        return lambda n: self(rows * n) / rows
 
     def ceiling(self) -> float:
         """Tokens per second if every pass cost what a 1-token pass costs and committed one token."""
@@ -157,6 +166,12 @@ def measure(session: Session) -> tuple[float, ...]:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def answer_pass_cost(session: Session) -> Callable[[int], float]:
+    """The cost the drafting policy weighs for this answer's passes: its share of the batched pass
+    where it decodes beside others (`session.batch_rows`), else the pass-cost curve itself."""
+    return PassCost.of(session).shared(session.batch_rows)
 
 
 def model_pass_cost(model, family, refresh: bool = False) -> PassCost:

@@ -95,6 +95,7 @@ class Session:
         self.next_block = 0  # the id the next pass gets: larger than every cached one
         self.nfe = 0  # every language-model pass, prefill included
         self.prefill_nfe = 0
+        self.batch_rows = 1  # answers whose passes run as one with this one's (set by its Batch)
 
     @property
     def cache_len(self) -> int:

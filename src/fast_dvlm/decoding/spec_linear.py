@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import Decoder, DecodeState, Passes
-from .cost import PassCost
+from .cost import answer_pass_cost
 from .policy import draft_length, drafts_worth_verifying, verify_count
 from .session import Session
 
@@ -33,7 +33,7 @@ class SpecLinearDecoder(Decoder):
     def step(self, session: Session, state: State, budget: int) -> Passes:
         size, p = self.options.block_size, len(session.pending)
         if self.sizes_steps:
-            size = draft_length(state.accepted, p, size, PassCost.of(session))
+            size = draft_length(state.accepted, p, size, answer_pass_cost(session))
         committed = yield from draft_and_verify(self, session, budget, size)
         kept = len(committed) - 1
         state.accepted.append(2 * kept if kept >= size - p else kept)
@@ -56,7 +56,7 @@ def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int 
     if auto:
         confidence = logits.float().softmax(-1).amax(-1)
         drafts, confidence = draft[p:].cpu().tolist(), confidence.cpu().tolist()  # the policy's host read
-        cost = PassCost.of(session)
+        cost = answer_pass_cost(session)
         most = drafts_worth_verifying(drafts, decoder.options.stop_ids, budget)
         verify = p + verify_count(confidence, lambda m: cost(size) + cost(p + m), most)
     ar = (yield from decoder.causal_logits(session, draft[:verify])).argmax(

@@ -25,7 +25,7 @@ import torch
 
 from ..conversion.attention import CLEAN, NOISY, Tokens
 from .base import Decoder, DecodeState, Pass, Passes
-from .cost import PassCost
+from .cost import answer_pass_cost
 from .policy import drafts_worth_verifying, verify_count
 from .session import Session
 from .spec_linear import accepted_length, draft_and_verify
@@ -54,7 +54,7 @@ class SpecQuadraticDecoder(Decoder):
                 state.confidence = logits.float().softmax(-1).amax(-1).cpu().tolist()
         verify = size
         if auto:  # v drafts d_0 .. d_{v-1}: the seed and v - 1 drafts
-            cost = PassCost.of(session)
+            cost = answer_pass_cost(session)
             most = drafts_worth_verifying(state.draft[1:].cpu().tolist(), self.options.stop_ids, budget)
             verify = 1 + verify_count(state.confidence, lambda m: cost((m + 1) * size), most)
         start = session.cache_len
