@@ -5,12 +5,14 @@ one image is answered (up to 64 new tokens) with `ar`, `spec-linear` and `diffus
 profiled run is interleaved with an unprofiled one, so the profiler's own cost can be told apart.
 
 Decoding is split into (the prompt encoding, vision encoder and prefill pass are counted apart):
-- KV cache: transformers' cache update (cat) and crop (rollback);
+- KV cache: transformers' cache update (cat) and crop (rollback) (`--engine transformers`; the
+  lean path writes its preallocated buffer in place, inside the LM);
 - masks (ours): the decoders' block attention masks; masks (transformers): its causal-mask code;
 - lm_head: the output head; LM GEMMs: the language model's linear layers; attention: sdpa;
 - other LM ops: norms, rotary embeddings, activations, residual adds, reshapes;
 - decoder bookkeeping: every other operator (argmax, softmax, id tensors, block ids);
-- Python overhead inside the LM forward: its wall time minus its operators (transformers' code);
+- Python overhead inside the LM forward: its wall time minus its operators (the lean path's layer
+  loop by default, transformers' code with `--engine transformers`);
 - Python overhead elsewhere: what is left (the decoders, the session, the profiler itself).
 
 The labels are put on by wrapping functions for the profiled runs only; the engine carries none.
@@ -45,7 +47,9 @@ from transformers import cache_utils
 import fast_dvlm
 from fast_dvlm import DiffusionVLM
 from fast_dvlm.data.build import make_example
+from fast_dvlm.data.task import DEMO_SIDE
 from fast_dvlm.decoding.base import Decoder
+from fast_dvlm.decoding.lean import LeanTextModel
 from fast_dvlm.models.tiny import build_tiny_model
 from fast_dvlm.vlm import GenerationOutput
 
@@ -96,7 +100,7 @@ def build_models(sizes: list[str]) -> dict[str, DiffusionVLM]:
 def prompt_for(name: str) -> tuple[str, list]:
     """A fresh procedural scene for the demo model (long step-by-step answer), a drawn one otherwise."""
     if name == "demo":
-        example = make_example("steps", "test", 0, 112)
+        example = make_example("steps", "test", 0, DEMO_SIDE)
         return example.qas[0].question, [example.image]
     return "Describe picture 0 step by step.", [scene(0)]
 
@@ -135,9 +139,11 @@ def labels(vlm: DiffusionVLM, timings: dict[str, float]) -> Iterator[None]:
     text_model = vlm.family.language_model(vlm.model)
     modeling = sys.modules[type(text_model).__module__]
     with ExitStack() as stack:
-        stack.enter_context(patched(vlm, "_begin", PREFILL, timings))
+        stack.enter_context(patched(vlm, "start", PREFILL, timings))
         stack.enter_context(patched(vlm.family, "embed", IMAGE))  # runs the vision encoder
-        stack.enter_context(patched(text_model, "forward", LM))
+        stack.enter_context(patched(text_model, "forward", LM))  # --engine transformers
+        for method in ("forward", "forward_rows"):  # the lean path (the default engine)
+            stack.enter_context(patched(LeanTextModel, method, LM))
         stack.enter_context(patched(vlm.family.lm_head(vlm.model), "forward", HEAD))
         stack.enter_context(patched(Decoder, "block_mask", OUR_MASKS))
         for name in ("create_causal_mask", "create_sliding_window_causal_mask"):
@@ -190,9 +196,12 @@ def under(event: FunctionEvent, names: set[str]) -> bool:
     return False
 
 
+ENGINE = {"engine": "lean"}  # which decoding path the answers run on (--engine)
+
+
 def run(vlm: DiffusionVLM, spec: ModeSpec, prompt: tuple[str, list], max_new_tokens: int) -> GenerationOutput:
     text, images = prompt
-    return vlm.generate(text, images, spec.mode, max_new_tokens, **spec.settings)
+    return vlm.generate(text, images, spec.mode, max_new_tokens, **spec.settings, **ENGINE)
 
 
 def profile_mode(
@@ -284,6 +293,7 @@ def findings(results: dict) -> list[str]:
     encodings = sorted({r["image_encodings"] for _, r in runs})
     top = max(runs, key=lambda item: item[1]["shares"][LM_PYTHON])
     pays = cache["shares"][CACHE] >= PREALLOCATION_BAR
+    lean = results.get("engine", "lean") == "lean"
     lines = []
     for name, model in results["profile"].items():
         maths = [sum(r["shares"][c] for c in (GEMM, ATTENTION, HEAD)) for r in model["modes"].values()]
@@ -293,20 +303,26 @@ def findings(results: dict) -> list[str]:
             f"{100 * max(maths):.0f}% of decoding, Python overhead {100 * min(python):.0f}-"
             f"{100 * max(python):.0f}%."
         )
+    if not lean:
+        lines.append(
+            f"- Preallocated KV cache: {'worth building' if pays else 'not built'}. The cache's own "
+            f"operators (cat on every pass, crop on rollback) are at most "
+            f"{100 * cache['shares'][CACHE]:.1f}% of decoding ({cache_name}); "
+            "that is the most preallocation could save, "
+            f"{'above' if pays else 'below'} the {100 * PREALLOCATION_BAR:.0f}% bar (a preallocated "
+            "buffer still copies each pass's new keys in; it saves re-copying the old ones)."
+        )
     lines += [
-        f"- Preallocated KV cache: {'worth building' if pays else 'not built'}. The cache's own operators "
-        f"(cat on every pass, crop on rollback) are at most {100 * cache['shares'][CACHE]:.1f}% of "
-        f"decoding ({cache_name}); that is the most preallocation could save, "
-        f"{'above' if pays else 'below'} the {100 * PREALLOCATION_BAR:.0f}% bar (a preallocated "
-        "buffer still copies each pass's new keys in; it saves re-copying the old ones).",
         f"- Per-token work that could be per block: none found. The decoders' own operators (block masks, "
         f"argmax/softmax, id tensors, block ids) are at most {100 * ours:.1f}% of decoding. Block masks are "
         "built at most once per pass (diffusion: once per block), `.tolist()`/`int()` run once per pass "
         "on the pass's result, and `ar` is one token per pass by definition.",
         f"- Image re-encoding: none; the vision encoder ran {' or '.join(f'{e:g}' for e in encodings)} "
         "time(s) per answer (the prefill); decoding passes embed token ids only.",
-        f"- The largest share outside the maths is transformers' per-layer Python inside the LM forward: "
-        f"up to {100 * top[1]['shares'][LM_PYTHON]:.0f}% ({top[0]}). That is what `compile()` targets.",
+        "- The largest share outside the maths is the Python inside the LM forward "
+        f"({'the lean path' if lean else 'transformers'}, layer by layer): "
+        f"up to {100 * top[1]['shares'][LM_PYTHON]:.0f}% ({top[0]})."
+        + ("" if lean else " That is what `compile()` targets."),
     ]
     for name, c in results.get("compile", {}).items():
         modes = c["modes"].values()
@@ -369,6 +385,12 @@ def main() -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument(
+        "--engine",
+        choices=["lean", "transformers"],
+        default="lean",
+        help="the decoding path profiled (default: lean, what generate uses)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
     parser.add_argument(
         "--warm-compile-cache",
@@ -380,7 +402,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "OMP_NUM_THREADS=1 python benchmarks/decode_profile.py " + " ".join(sys.argv[1:])
-    results: dict = {"command": command.strip(), "threads": args.threads, "profile": {}, "compile": {}}
+    ENGINE["engine"] = args.engine
+    results: dict = {
+        "command": command.strip(),
+        "threads": args.threads,
+        "engine": args.engine,
+        "profile": {},
+        "compile": {},
+    }
     models = build_models(args.sizes)
     for name, vlm in models.items():
         results["profile"][name] = {"modes": {}}
