@@ -168,6 +168,25 @@ def test_batched_answers_weigh_their_share_of_the_pass(tiny_vlms, images, monkey
     assert max(rows) == 5 and set(rows) <= {1, 2, 3, 4, 5}
 
 
+def test_first_drafts_are_sized_by_earlier_answers_first_steps(tiny_vlms, images, monkeypatch):
+    """One decoder serves a whole `generate_batch`: an answer joining later sizes its first draft by
+    what earlier answers' first steps kept (a fresh decoder drafts a whole block first); the answers
+    stay their batch-1 ones."""
+    from fast_dvlm.decoding import spec_linear
+
+    vlm = tiny_vlms["qwen2_5_vl"]
+    histories: list[int] = []
+    real = spec_linear.draft_length
+    spy = lambda accepted, *a: histories.append(len(accepted)) or real(accepted, *a)  # noqa: E731
+    monkeypatch.setattr(spec_linear, "draft_length", spy)
+    prompts = [f"Picture {i}: describe it." for i in range(6)]
+    alone = [vlm.generate(p, images[:1], "spec-linear", 20).token_ids for p in prompts]
+    histories.clear()
+    batched = vlm.generate_batch(prompts, [images[:1]] * 6, "spec-linear", 20, max_batch_size=2)
+    assert [b.token_ids for b in batched] == alone
+    assert histories[0] == 0 and max(histories) >= 2  # the first answers had no prior; later ones do
+
+
 def test_pass_cost_is_measured_once_and_kept_on_disk(tiny_vlms, tmp_path, monkeypatch):
     vlm = tiny_vlms["qwen2_5_vl"]
     monkeypatch.setenv("FAST_DVLM_CACHE_DIR", str(tmp_path))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 
-from .base import Decoder, DecodeState, Passes
+from .base import DecodeOptions, Decoder, DecodeState, Passes
 from .cost import answer_pass_cost
 from .policy import draft_length, drafts_worth_verifying, verify_count
 from .session import Session
+
+FIRST_STEPS_KEPT = 32
 
 
 def accepted_length(draft: torch.Tensor, ar: torch.Tensor) -> int:
@@ -30,13 +33,23 @@ class SpecLinearDecoder(Decoder):
     class State(DecodeState):
         accepted: list[int] = field(default_factory=list)  # drafts each step kept (doubled: all kept)
 
+    def __init__(self, options: DecodeOptions) -> None:
+        super().__init__(options)
+        # what the first steps of recent answers kept: the next answer's first draft is sized by
+        # them (one decoder serves a whole `generate_batch`; a fresh one drafts a whole block first)
+        self.first_steps: deque[int] = deque(maxlen=FIRST_STEPS_KEPT)
+
     def step(self, session: Session, state: State, budget: int) -> Passes:
         size, p = self.options.block_size, len(session.pending)
         if self.sizes_steps:
-            size = draft_length(state.accepted, p, size, answer_pass_cost(session))
+            history = state.accepted or list(self.first_steps)
+            size = draft_length(history, p, size, answer_pass_cost(session))
         committed = yield from draft_and_verify(self, session, budget, size)
         kept = len(committed) - 1
-        state.accepted.append(2 * kept if kept >= size - p else kept)
+        record = 2 * kept if kept >= size - p else kept
+        if not state.accepted:
+            self.first_steps.append(record)
+        state.accepted.append(record)
         return committed
 
 
