@@ -196,28 +196,37 @@ def under(event: FunctionEvent, names: set[str]) -> bool:
     return False
 
 
-ENGINE = {"engine": "lean"}  # which decoding path the answers run on (--engine)
-
-
-def run(vlm: DiffusionVLM, spec: ModeSpec, prompt: tuple[str, list], max_new_tokens: int) -> GenerationOutput:
+def run(
+    vlm: DiffusionVLM,
+    spec: ModeSpec,
+    prompt: tuple[str, list],
+    max_new_tokens: int,
+    engine: str | None = None,
+) -> GenerationOutput:
+    """One answer; `engine` None: the model's own (lean, or transformers' once compiled)."""
     text, images = prompt
-    return vlm.generate(text, images, spec.mode, max_new_tokens, **spec.settings, **ENGINE)
+    return vlm.generate(text, images, spec.mode, max_new_tokens, **spec.settings, engine=engine)
 
 
 def profile_mode(
-    vlm: DiffusionVLM, spec: ModeSpec, prompt: tuple[str, list], max_new_tokens: int, repeats: int
+    vlm: DiffusionVLM,
+    spec: ModeSpec,
+    prompt: tuple[str, list],
+    max_new_tokens: int,
+    repeats: int,
+    engine: str = "lean",
 ) -> dict:
     """Interleave unprofiled and profiled answers; decoding (prefill excluded) split by category."""
-    run(vlm, spec, prompt, max_new_tokens)  # warm-up
+    run(vlm, spec, prompt, max_new_tokens, engine)  # warm-up
     plain_decode, profiled_decode, totals = [], [], defaultdict(float)
     for _ in range(repeats):
         timings: dict[str, float] = defaultdict(float)
         with labels(vlm, timings):
-            out = run(vlm, spec, prompt, max_new_tokens)
+            out = run(vlm, spec, prompt, max_new_tokens, engine)
             plain_decode.append(out.seconds - timings[PREFILL])
             timings.clear()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                profiled = run(vlm, spec, prompt, max_new_tokens)
+                profiled = run(vlm, spec, prompt, max_new_tokens, engine)
         profiled_decode.append(profiled.seconds - timings[PREFILL])
         for category, seconds in categorise(prof.events()).items():
             totals[category] += seconds / repeats
@@ -239,7 +248,8 @@ def profile_mode(
 def compile_compare(
     name: str, vlm: DiffusionVLM, prompt: tuple[str, list], max_new_tokens: int, repeats: int
 ) -> dict:
-    """tokens/s of whole answers with and without `compile()`, interleaved, medians; the first
+    """tokens/s of whole answers with and without `compile()`, interleaved, medians: eager on the
+    default (lean) path, compiled on transformers' forward (the one `compile()` compiles); the first
     compiled answer of each mode (where its graphs are compiled) is timed apart as its warm-up."""
     compiled = copy.deepcopy(vlm).compile()
     result: dict = {"modes": {}}
@@ -340,7 +350,8 @@ def markdown(results: dict) -> str:
         "# Where decoding time goes",
         "",
         f"`{results['command']}` ({results['threads']} torch thread(s), CPU, float32, on a machine shared",
-        "with other jobs). Decoding only: the prompt encoding, vision encoder and prefill are left out.",
+        "with other jobs unless said otherwise). Decoding only: the prompt encoding, vision encoder and",
+        "prefill are left out.",
         "Operator times are torch.profiler's (mean of the profiled runs); shares are of the profiled",
         "decoding wall time, whose last row is what is left after all operators and the LM's own Python.",
         "",
@@ -358,6 +369,11 @@ def markdown(results: dict) -> str:
     lines += ["", "## Share of decoding time by category (ms per pass)", "", *shares_table(results)]
     if results.get("compile"):
         lines += ["", "## torch.compile (`DiffusionVLM.compile()`): whole answers, medians, interleaved", ""]
+        lines += [
+            "Eager: the default lean path. Compiled: transformers' forward under torch.compile (what",
+            "`compile()` compiles; a compiled model decodes on that engine).",
+            "",
+        ]
         lines.append(
             "| model | mode | warm-up s | graphs | eager tokens/s | compiled tokens/s | speed-up | same ids |"
         )
@@ -402,7 +418,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "OMP_NUM_THREADS=1 python benchmarks/decode_profile.py " + " ".join(sys.argv[1:])
-    ENGINE["engine"] = args.engine
     results: dict = {
         "command": command.strip(),
         "threads": args.threads,
@@ -414,7 +429,7 @@ def main() -> None:
     for name, vlm in models.items():
         results["profile"][name] = {"modes": {}}
         for spec in MODES:
-            r = profile_mode(vlm, spec, prompt_for(name), args.max_new_tokens, args.repeats)
+            r = profile_mode(vlm, spec, prompt_for(name), args.max_new_tokens, args.repeats, args.engine)
             results["profile"][name]["modes"][spec.label] = r
             print(f"{name} {spec.label}: {r['ms_per_pass']:.2f} ms/pass", flush=True)
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))  # nothing lost on a crash
