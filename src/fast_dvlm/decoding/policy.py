@@ -10,7 +10,9 @@ cost curve is flat), never past the step's budget or a drafted stop token.
 
 The draft itself is sized the same way: a draft pass costs what its length costs, so each step drafts
 the block of 8, 16, 32, ... (up to the block size) with the most expected tokens per second, the
-expectation over the accepted counts of the answer's earlier steps.
+expectation over the accepted counts of the answer's earlier steps (for its first step, those of
+recent answers' first steps, where the decoder has seen any). Where answers decode together in one
+batched pass, each weighs its share of that pass (`PassCost.shared`), so batches draft shorter.
 
 `draft_policy="fixed"` verifies the whole block, as the algorithms in SPEC.md state them. Neither
 changes what is committed: only the verified prefix is kept, and it is exactly greedy AR.
@@ -62,9 +64,9 @@ def drafts_worth_verifying(drafts: Sequence[int], stop_ids: frozenset[int], budg
 
 
 def draft_length(accepted: Sequence[int], pending: int, block_size: int, cost: Callable[[int], float]) -> int:
-    """Tokens to draft this step (pending ones included): the block size on the first step; then,
-    of 8, 16, 32, ... up to the block size, the one with the most expected tokens per second, the
-    expectation taken over this answer's `accepted` counts so far (a draft of d tokens keeps at most
+    """Tokens to draft this step (pending ones included): the block size with no `accepted` counts
+    to go by; else, of 8, 16, 32, ... up to the block size, the one with the most expected tokens
+    per second, the expectation taken over the `accepted` counts (a draft of d tokens keeps at most
     d - pending of them; a count that filled its whole draft is recorded doubled, as it was cut)."""
     if not accepted:
         return block_size
