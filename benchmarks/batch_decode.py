@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from fast_dvlm import load
-from fast_dvlm.data.build import build_splits
 from fast_dvlm.decoding.diffusion import BlockDiffusionDecoder
 from fast_dvlm.demo.recipe import DemoRecipe
 from fast_dvlm.eval.accuracy import read_items
@@ -40,8 +39,7 @@ SIZES = (1, 2, 4, 8)
 
 
 def demo_split(workdir: Path) -> Path:
-    recipe = DemoRecipe()
-    return build_splits(workdir, {"test": recipe.eval_per_task}, recipe.image_size, splits=("test",))["test"]
+    return DemoRecipe().build_data(workdir, splits=("test",))["test"]
 
 
 def decode(vlm, mode: str, settings: dict, size: int, prompts, images, cap: int) -> tuple[float, list]:

@@ -110,13 +110,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .vlm import load
 
     if args.split is None:  # the demo recipe's test split, regenerated (it is deterministic)
-        from .data.build import build_splits
         from .demo.recipe import DemoRecipe
 
-        recipe = DemoRecipe()
-        split = build_splits(
-            Path(args.workdir), {"test": recipe.eval_per_task}, recipe.image_size, splits=("test",)
-        )["test"]
+        split = DemoRecipe().build_data(Path(args.workdir), splits=("test",))["test"]
     else:
         split = Path(args.split)
         if not split.is_file():

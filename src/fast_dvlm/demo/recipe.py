@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.build import build_splits
+from ..data.build import SPLITS, build_splits
 from ..data.task import DEMO_SIDE
 from ..models.family import TinySize
 from ..models.tiny import build_tiny_model
@@ -75,6 +75,13 @@ class DemoRecipe:
     convert_lr: float = 5e-4
     seed: int = 0
 
+    def build_data(
+        self, out: Path, splits: tuple[str, ...] = SPLITS, progress: bool = True
+    ) -> dict[str, Path]:
+        """The recipe's procedural splits in `out` (deterministic: the same images every build)."""
+        per_task = {"train": self.train_per_task, "val": self.eval_per_task, "test": self.eval_per_task}
+        return build_splits(out, per_task, self.image_size, self.multi_turn, progress, splits)
+
 
 def tokenizer_corpus(train_file: Path) -> list[str]:
     """Every question and answer of the training split, plus the chat template's own words."""
@@ -91,8 +98,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
     data = workdir / "data"
     if not (data / "train.json").exists():
         started = time.perf_counter()
-        per_task = {"train": recipe.train_per_task, "val": recipe.eval_per_task, "test": recipe.eval_per_task}
-        build_splits(data, per_task, recipe.image_size, recipe.multi_turn)
+        recipe.build_data(data)
         (data / "build_seconds.json").write_text(json.dumps(time.perf_counter() - started))
 
     init = workdir / "init"

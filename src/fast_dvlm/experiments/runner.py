@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..data.build import build_splits
 from ..demo.recipe import DemoRecipe
 from ..errors import FastDVLMError
 from ..settings import THRESHOLD
@@ -204,10 +203,8 @@ def once(path: Path, make: Callable[[], dict]) -> dict:
 
 def demo_data(out: Path, progress: bool = True) -> Path:
     """The demo recipe's splits, built once."""
-    recipe = DemoRecipe()
     if not (out / "train.json").exists():
-        per_task = {"train": recipe.train_per_task, "val": recipe.eval_per_task, "test": recipe.eval_per_task}
-        build_splits(out, per_task, recipe.image_size, recipe.multi_turn, progress)
+        DemoRecipe().build_data(out, progress=progress)
     return out
 
 
