@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +41,21 @@ SIZES = (1, 2, 4, 8)
 
 def demo_split(workdir: Path) -> Path:
     return DemoRecipe().build_data(workdir, splits=("test",))["test"]
+
+
+def demo_prompts(workdir: Path, per_task: int, order: str = "interleaved") -> tuple[list, list]:
+    """The test split's first `per_task` questions of each task and their images: `interleaved`
+    takes one of each task in turn, as mixed traffic arrives; `grouped` keeps the split's task by
+    task order, where the long-answer task comes last and ends a batched run with a tail of a few
+    long answers decoding in a mostly empty batch."""
+    items = read_items(demo_split(workdir), per_task)
+    if order == "interleaved":  # sorted by rank within its task, stable: the tasks' order kept
+        seen: Counter[str] = Counter()
+        ranks = [seen.update([i.task]) or seen[i.task] for i in items]
+        items = [i for _, i in sorted(zip(ranks, items, strict=True), key=lambda pair: pair[0])]
+    elif order != "grouped":
+        raise ValueError(f"order must be interleaved or grouped, got {order!r}")
+    return [i.question for i in items], [[i.image] for i in items]
 
 
 def decode(vlm, mode: str, settings: dict, size: int, prompts, images, cap: int) -> tuple[float, list]:
@@ -93,14 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", default="runs/bench")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--order", choices=("interleaved", "grouped"), default="interleaved",
+        help="the prompts' order: tasks in turn, or task by task (see demo_prompts)",
+    )  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     vlm = load(args.model)
-    items = read_items(demo_split(Path(args.workdir)), args.per_task)
-    prompts, images = [i.question for i in items], [[i.image] for i in items]
+    prompts, images = demo_prompts(Path(args.workdir), args.per_task, args.order)
     cap = args.max_new_tokens
-    result: dict = {"model": args.model, "items": len(items), "threads": torch.get_num_threads(), "modes": {}}
+    result: dict = {"model": args.model, "items": len(prompts), "order": args.order,
+                    "threads": torch.get_num_threads(), "modes": {}}  # fmt: skip
     failed = False
     for mode in args.modes.split(","):
         settings = MODES[mode]

@@ -18,10 +18,9 @@ import pstats
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch_decode import decode, demo_split
+from batch_decode import decode, demo_prompts
 
 from fast_dvlm import load
-from fast_dvlm.eval.accuracy import read_items
 
 # the functions whose cumulative time is each part (file suffix, function name)
 PARTS = {
@@ -63,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--workdir", default="runs/bench")
+    parser.add_argument("--order", choices=("interleaved", "grouped"), default="interleaved")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     vlm = load(args.model)
-    items = read_items(demo_split(Path(args.workdir)), args.per_task)
-    prompts, images = [i.question for i in items], [[i.image] for i in items]
-    result = {"model": args.model, "mode": args.mode, "items": len(items), "sizes": {}}
+    prompts, images = demo_prompts(Path(args.workdir), args.per_task, args.order)
+    result = {"model": args.model, "mode": args.mode, "items": len(prompts), "order": args.order, "sizes": {}}
     for size in (1, args.batch_size):
         result["sizes"][size] = profile(vlm, args.mode, size, prompts, images, args.max_new_tokens)
     one, many = result["sizes"][1], result["sizes"][args.batch_size]

@@ -4,7 +4,8 @@ scored, written up; a rerun skips what is done; the verdicts follow their rules.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from fast_dvlm.cli import main
 from fast_dvlm.data.build import build_splits, image_digest
 from fast_dvlm.experiments import runner
 from fast_dvlm.experiments.agreement import AGREES, DISAGREES, NOISE, Noise, sampling_error, verdict
-from fast_dvlm.experiments.budget import DEFAULT_PER_TASK, DEFAULT_STEPS
+from fast_dvlm.experiments.budget import DEFAULT_PER_TASK, DEFAULT_STEPS, SWEEP_PER_TASK
 from fast_dvlm.experiments.runner import ExperimentConfig
 from fast_dvlm.experiments.sweep import dominates
 from fast_dvlm.experiments.variants import DIRECT, NO_ANNEALING, REPEAT, TWO_STAGE, VARIANTS
@@ -119,6 +120,21 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(finished, monkeyp
     ]
 
 
+def test_a_changed_sweep_reruns_the_sweep_alone(finished, tmp_path, monkeypatch):
+    work, results, base = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    monkeypatch.setattr(runner, "train_measured", lambda *a, **k: pytest.fail("a variant was retrained"))
+    monkeypatch.setattr(runner, "evaluate", lambda *a, **k: pytest.fail("a variant was scored again"))
+    toy = ExperimentConfig.capped(1, steps=2, batch_size=2, max_new_tokens=2)
+    narrower = replace(toy, thresholds=(0.9,), sweep_block_sizes=(4, 8))
+    runner.run_experiments(copy, base, config=narrower, results=tmp_path / "RESULTS.md", progress=False)
+    sweep = json.loads((copy / "sweep.json").read_text())
+    assert [(p["threshold"], p["block_size"]) for p in sweep["points"]] == [(0.9, 4), (0.9, 8)]
+    assert sweep["settings"] == narrower.sweep_settings()
+    assert "| 0.9 | 8 |" in (tmp_path / "RESULTS.md").read_text()
+
+
 def test_a_workdir_resumed_with_other_settings_is_refused(finished, capsys):
     work, results, base = finished
     args = ["experiments", "--workdir", str(work), "--base", str(base), "--results", str(results)]
@@ -142,7 +158,8 @@ def test_the_default_budget_is_the_documented_one():
     assert (config.steps, config.per_task) == (DEFAULT_STEPS, DEFAULT_PER_TASK) == (400, 30)
     train = config.train_config()
     assert (train.batch_size, train.lr, train.seed) == (32, 5e-4, 1)  # the demo conversion's
-    assert ExperimentConfig.capped(2).sweep_per_task == 2 and ExperimentConfig.capped(100).sweep_per_task == 5
+    assert ExperimentConfig.capped(2).sweep_per_task == 2
+    assert ExperimentConfig.capped(100).sweep_per_task == SWEEP_PER_TASK == 20
 
 
 def test_a_variant_changes_a_copy_of_the_shared_settings():

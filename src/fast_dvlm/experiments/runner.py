@@ -34,6 +34,7 @@ from .variants import DIRECT, VARIANTS, Variant
 
 CHECKPOINT_EVERY = 100  # at most ~3 minutes of a variant's training lost to an interruption
 SETTINGS_FILE = "experiments.json"
+SWEEP_ONLY = ("sweep_per_task", "thresholds", "sweep_block_sizes")  # recorded in sweep.json instead
 
 
 @dataclass
@@ -69,6 +70,15 @@ class ExperimentConfig:
         defaults when it is larger."""
         multi, sweep = min(per_task, MULTI_TURN_PER_TASK), min(per_task, SWEEP_PER_TASK)
         return cls(per_task=per_task, multi_turn_per_task=multi, sweep_per_task=sweep, **settings)
+
+    def sweep_settings(self) -> dict:
+        """What the inference sweep depends on besides the `direct` model (JSON-ready)."""
+        return {
+            "per_task": self.sweep_per_task,
+            "thresholds": list(self.thresholds),
+            "block_sizes": list(self.sweep_block_sizes),
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def train_config(self) -> TrainConfig:
         """The one training setup of every variant: make-demo's conversion, for `steps` steps."""
@@ -131,13 +141,19 @@ class Experiments:
         return once(folder / "result.json", score)
 
     def sweep_result(self) -> dict:
+        """The sweep of the `direct` model; made again (and only it) when its settings changed."""
+        settings = self.config.sweep_settings()
+
         def sweep() -> dict:
             model, config = load(self.workdir / DIRECT), self.config
             points = run_sweep(model, self.test, config.sweep_per_task, config.thresholds,
                                config.sweep_block_sizes, **self.answers())  # fmt: skip
-            return {"points": points}
+            return {"settings": settings, "points": points}
 
-        return once(self.workdir / "sweep.json", sweep)
+        path = self.workdir / "sweep.json"
+        if path.exists() and json.loads(path.read_text()).get("settings") != settings:
+            path.unlink()
+        return once(path, sweep)
 
 
 def run_experiments(
@@ -156,8 +172,9 @@ def run_experiments(
     workdir = Path(workdir)
     base_model = load(base)  # a missing base fails here, before any work
     variants = {v.name: {"recipe": v.recipe, "seed_offset": v.seed_offset} for v in VARIANTS}
-    settings = {"base": str(base), "data": str(data_dir), **asdict(config), "variants": variants}
-    claim_workdir(workdir, settings, SETTINGS_FILE)
+    variant_settings = {k: v for k, v in asdict(config).items() if k not in SWEEP_ONLY}
+    settings = {"base": str(base), "data": str(data_dir), **variant_settings, "variants": variants}
+    claim_workdir(workdir, settings, SETTINGS_FILE)  # the sweep's own settings: `sweep_result`
     data = demo_data(workdir / "data", progress) if data_dir is None else Path(data_dir)
     for split in ("train", "test"):
         if not (data / f"{split}.json").is_file():

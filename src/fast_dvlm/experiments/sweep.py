@@ -37,14 +37,15 @@ def run_sweep(
     max_new_tokens: int,
     progress: bool = True,
 ) -> list[dict]:
-    """One point per setting: tau, B, accuracy (mean over tasks), tokens/NFE, tokens/s, frontier."""
+    """One point per setting: tau, B, accuracy (mean over tasks), tokens/NFE, tokens/s, frontier,
+    and each task's counts."""
     modes = sweep_modes(thresholds, block_sizes)
     scores = run_bench({"converted": model}, split, per_task, modes, max_new_tokens, progress)
-    points = [
-        {"threshold": m.settings["threshold"], "block_size": m.settings["block_size"]}
-        | summarise(scores[m.label])["all"]
-        for m in modes
-    ]
+    points = []
+    for m in modes:
+        summary = summarise(scores[m.label])
+        setting = {"threshold": m.settings["threshold"], "block_size": m.settings["block_size"]}
+        points.append(setting | summary["all"] | {"tasks": summary["tasks"]})  # counts: the noise
     for point in points:
         point["frontier"] = not any(dominates(other, point) for other in points)
     return points
