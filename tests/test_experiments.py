@@ -16,6 +16,7 @@ from fast_dvlm.data.build import build_splits, image_digest
 from fast_dvlm.experiments import runner
 from fast_dvlm.experiments.agreement import AGREES, DISAGREES, NOISE, Noise, sampling_error, verdict
 from fast_dvlm.experiments.budget import DEFAULT_PER_TASK, DEFAULT_STEPS, SWEEP_PER_TASK
+from fast_dvlm.experiments.results import default_statement
 from fast_dvlm.experiments.runner import ExperimentConfig
 from fast_dvlm.experiments.sweep import dominates
 from fast_dvlm.experiments.variants import DIRECT, NO_ANNEALING, REPEAT, TWO_STAGE, VARIANTS
@@ -187,3 +188,19 @@ def test_the_frontier_keeps_settings_nothing_beats():
     beaten = {"accuracy": 40.0, "tokens_per_s": 250.0}
     assert dominates(fast, beaten) and not dominates(fast, slow_better) and not dominates(slow_better, fast)
     assert not dominates(fast, dict(fast))
+
+
+def sweep_point(threshold: float, block: int, correct: int, speed: float) -> dict:
+    tasks = {"chart": {"correct": correct, "total": 20}, "sign": {"correct": correct, "total": 20}}
+    return {"threshold": threshold, "block_size": block, "accuracy": 100 * correct / 20,
+            "tokens_per_s": speed, "frontier": False, "tasks": tasks}  # fmt: skip
+
+
+def test_the_sweep_names_the_fastest_setting_within_the_noise():
+    # 7 vs 6 of 20 items is within the noise; 2 of 20 is not
+    points = [sweep_point(0.9, 32, 7, 300.0), sweep_point(0.3, 16, 6, 360.0), sweep_point(0.3, 64, 2, 500.0)]
+    statement = default_statement(points)
+    assert "as accurate as the best setting" in statement
+    assert "tau 0.3, block 16: 30.0%, 360 tokens/s, 1.20x" in statement and "block 64" not in statement
+    assert default_statement([sweep_point(0.9, 32, 7, 400.0), points[1]]).endswith("the sweep supports them.")
+    assert "block 16 is more accurate" in default_statement([sweep_point(0.9, 32, 1, 300.0), points[1]])

@@ -35,11 +35,14 @@ def plot_variants(accuracies: dict[str, float], base: float, noise: float, path:
     plt.close(fig)
 
 
-def plot_sweep(points: list[dict], default: dict, path: Path) -> None:
+def plot_sweep(points: list[dict], default: dict, within_noise: float, path: Path) -> None:
     """Accuracy against tokens/s, one colour per block size, tau beside each point; the frontier
-    joined by a line, the default settings ringed."""
+    joined by a line, the default settings ringed, and shaded the accuracies from `within_noise` up
+    to the best, which this many items cannot tell apart from the best."""
     plt = pyplot()
     fig, axes = plt.subplots(figsize=(8, 5))
+    accuracies = [p["accuracy"] for p in points]
+    axes.axhspan(within_noise, max(accuracies), color="0.9", label="within the noise of the best")
     for size in sorted({p["block_size"] for p in points}):
         mine = [p for p in points if p["block_size"] == size]
         axes.scatter(
@@ -56,7 +59,9 @@ def plot_sweep(points: list[dict], default: dict, path: Path) -> None:
         label = f"default (tau {default['threshold']}, B {default['block_size']})"
         axes.scatter([chosen[0]["tokens_per_s"]], [chosen[0]["accuracy"]], s=160, facecolors="none",
                      edgecolors="red", label=label)  # fmt: skip
-    axes.set(xlabel="tokens per second", ylabel="accuracy, mean over tasks (%)", ylim=(0, 100),
+    low, high = min(min(accuracies), within_noise), max(accuracies)
+    axes.set(xlabel="tokens per second", ylabel="accuracy, mean over tasks (%)",
+             ylim=(max(low - 5, 0), min(high + 5, 100)),
              title="Masked diffusion on the direct model: tau (labels) and block size")  # fmt: skip
     axes.legend(fontsize=8)
     fig.tight_layout()

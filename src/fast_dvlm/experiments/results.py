@@ -20,7 +20,7 @@ from .agreement import (
 )
 from .evaluate import HEADLINE
 from .plots import plot_sweep, plot_variants
-from .sweep import DEFAULT, dominates
+from .sweep import DEFAULT
 from .variants import (
     AR_WEIGHT,
     BLOCK_CAUSAL,
@@ -42,7 +42,8 @@ def write_results(report: dict, path: Path) -> Path:
     noise = accuracy_noise(bench(report, DIRECT), bench(report, REPEAT))
     short = {name: accuracy(bench(report, name)) for name in report["variants"]}
     plot_variants(short, accuracy(report["base_result"]["bench"]["ar"]), noise.size, figures["variants"])
-    plot_sweep(report["sweep"]["points"], DEFAULT, figures["sweep"])
+    best, sweep_error = sweep_noise(report["sweep"]["points"])
+    plot_sweep(report["sweep"]["points"], DEFAULT, best["accuracy"] - sweep_error, figures["sweep"])
     sections = (
         setup(report),
         headline(report, noise),
@@ -325,29 +326,53 @@ pass.
 {table(header, rows)}"""
 
 
+def sweep_noise(points: list[dict]) -> tuple[dict, float]:
+    """The sweep's most accurate point and two standard errors (points) of an accuracy difference
+    between it and the defaults (itself where the defaults were not swept) on these items."""
+    best = max(points, key=lambda p: (p["accuracy"], p["tokens_per_s"]))
+    default = next((p for p in points if all(p[k] == v for k, v in DEFAULT.items())), best)
+    return best, sampling_error([best["tasks"], default["tasks"]], list(best["tasks"]))
+
+
 def default_statement(points: list[dict]) -> str:
-    """Whether the defaults are on the measured frontier and, if not, whether what beats them does so
-    by more than the sampling noise of an accuracy difference on these items."""
+    """What the sweep says about the defaults: whether they are on the frontier, whether the grid's
+    accuracies differ by more than the sampling noise, and the fastest setting within the noise of
+    the most accurate one."""
     default = [p for p in points if all(p[k] == v for k, v in DEFAULT.items())]
     settings = f"tau {DEFAULT['threshold']}, block {DEFAULT['block_size']}"
     if not default:
         return f"The default settings ({settings}) were not in this sweep."
     point = default[0]
-    measured = f"{point['accuracy']:.1f}%, {point['tokens_per_s']:.0f} tokens/s"
-    if point["frontier"]:
-        return f"The defaults ({settings}: {measured}) are on the frontier: none was as accurate and faster."
-    better = max((p for p in points if dominates(p, point)), key=lambda p: (p["accuracy"], p["tokens_per_s"]))
-    gain = better["accuracy"] - point["accuracy"]
-    noise = sampling_error([better["tasks"], point["tasks"]], list(point["tasks"]))
-    found = (
-        f"The defaults ({settings}: {measured}) are not on the frontier: tau {better['threshold']}, "
-        f"block {better['block_size']} reached {better['accuracy']:.1f}% at {better['tokens_per_s']:.0f} "
-        f"tokens/s ({gain:+.1f} points; two standard errors of a difference on these items: {noise:.1f})."
+    best, noise = sweep_noise(points)
+    near_best = [p for p in points if p["accuracy"] >= best["accuracy"] - noise]
+    fastest = max(near_best, key=lambda p: p["tokens_per_s"])
+    low, high = min(p["accuracy"] for p in points), best["accuracy"]
+
+    def name(p: dict) -> str:
+        return f"tau {p['threshold']}, block {p['block_size']}"
+
+    lines = [
+        f"The defaults ({settings}): {point['accuracy']:.1f}%, {point['tokens_per_s']:.0f} tokens/s, "
+        f"{'on' if point['frontier'] else 'not on'} the frontier. Accuracy over the grid spans "
+        f"{low:.1f}-{high:.1f}%; two standard errors of a difference on these items are {noise:.1f} points."
+    ]
+    if point["accuracy"] < best["accuracy"] - noise:
+        lines.append(f"{name(best)} is more accurate than the defaults beyond the noise ({high:.1f}%).")
+    else:
+        lines.append("The defaults are as accurate as the best setting within the noise.")
+    if fastest is not point:  # (the defaults' own case ends the statement below)
+        lines.append(
+            f"The fastest setting within the noise of the most accurate is {name(fastest)}: "
+            f"{fastest['accuracy']:.1f}%, {fastest['tokens_per_s']:.0f} tokens/s, "
+            f"{fastest['tokens_per_s'] / point['tokens_per_s']:.2f}x the defaults' speed."
+        )
+    if fastest is point:
+        lines.append("None within the noise of the most accurate was faster: the sweep supports them.")
+        return " ".join(lines)
+    lines.append(
+        "The library keeps the paper's defaults: they were chosen for accuracy on real benchmarks, which "
+        "a model this small cannot resolve, and a setting picked on this test split would be tuned on "
+        f"it. For this model, `--threshold {fastest['threshold']} --block-size {fastest['block_size']}` "
+        "is the setting to check on a validation split."
     )
-    if gain <= noise:
-        return f"{found} That is within the noise, so the defaults (the paper's) stay."
-    return (
-        f"{found} That is beyond the noise, on this model's test split: the defaults (the paper's) "
-        "stay in the library, since a setting chosen on a test split is tuned on it; for this model, "
-        f"tau {better['threshold']}, block {better['block_size']} is worth checking on a validation split."
-    )
+    return " ".join(lines)
