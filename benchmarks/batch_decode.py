@@ -2,10 +2,12 @@
 one prompt at a time over the same prompts (the demo's test split), every answer checked against its
 batch-1 answer; for `diffusion`, each answer that differs, with the decision that made it differ.
 
-    OMP_NUM_THREADS=1 python benchmarks/batch_decode.py --per-task 8 \
+    OMP_NUM_THREADS=2 python benchmarks/batch_decode.py --per-task 8 --repeats 3 \
         --json benchmarks/results/batch_decode.json
 
-Speeds are wall clock over the whole split, best of `--repeats` runs, modes and batch sizes
+The prompts come tasks in turn (`--order interleaved`, as mixed traffic arrives) or task by task
+(`--order grouped`, the split's order: batches of one task, long answers together). Speeds are wall
+clock over the whole split, best of `--repeats` runs, modes and batch sizes
 interleaved within one run, so the ratios are within one run on one machine state. The lossless
 modes must give batch-1's tokens exactly (the script exits 1 otherwise). A differing diffusion answer
 is explained by the smallest decision margin of its batch-1 decoding in the block where the two first

@@ -21,8 +21,10 @@ step python -m benchmarks.demo_versions --old-rev "$OLD" --split val --out $R/de
 step python -m benchmarks.demo_versions --old-rev "$OLD" --split test --out $R/demo_versions_test
 step python -m benchmarks.demo_prefill --old-rev "$OLD" --out $R/demo_prefill
 step python benchmarks/ttft.py --recost $R/ttft.json
-step python benchmarks/batch_decode.py --per-task 4 --repeats 2 --json $R/batch_decode.json
-step python benchmarks/batch_profile.py --per-task 4 --mode spec-linear --json $R/batch_profile.json
+step python benchmarks/batch_decode.py --per-task 8 --repeats 3 --json $R/batch_decode.json
+step python benchmarks/batch_decode.py --per-task 8 --repeats 3 --modes spec-linear --order grouped \
+    --json $R/batch_decode_grouped.json
+step python benchmarks/batch_profile.py --per-task 8 --mode spec-linear --json $R/batch_profile.json
 for c in 1 4 8 16; do
     step python benchmarks/serve_load.py --model demo --requests 48 --concurrency $c --json $R/serve_load_c$c.json
 done
