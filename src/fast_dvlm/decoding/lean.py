@@ -28,6 +28,7 @@ Qwen3-VL decoder layers with full attention); for any other the session keeps tr
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +37,39 @@ from torch import nn
 
 def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """transformers' Qwen RMSNorm, op for op (fp32 statistics, weight applied in the input dtype)."""
+    return normed(norm.weight, norm.variance_epsilon, x)
+
+
+def normed(weight: torch.Tensor, eps: float, x: torch.Tensor) -> torch.Tensor:
     h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * h.to(x.dtype)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def direct(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A plain `nn.Linear` as `F.linear` over its own parameters (no module call: a tenth of a small
+    model's decoding time is module-call overhead); any other module (an FP8 linear) as itself."""
+    if type(module) is nn.Linear:
+        return partial(F.linear, weight=module.weight, bias=module.bias)
+    return module
+
+
+class LeanLayer:
+    """One decoder layer's parts, looked up once: what `_layers` calls, pass after pass. It holds
+    the modules' own parameter objects, which `.to()` and `.half()` update in place; a module
+    swapped afterwards (quantisation) is seen by the next lean model (one per answer or batch)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.q, self.k, self.v, self.o = (
+            direct(getattr(attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+        )
+        self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
+        self.scaling = attn.scaling
+        self.gate, self.up, self.down = direct(mlp.gate_proj), direct(mlp.up_proj), direct(mlp.down_proj)
+        self.act = mlp.act_fn
+        norms = (layer.input_layernorm, layer.post_attention_layernorm)
+        self.input_norm, self.post_norm = ((n.weight, n.variance_epsilon) for n in norms)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -81,7 +112,7 @@ class LeanTextModel:
         """`position_ids` turns 1-D positions `[n]` into what the model's rotary embedding takes;
         `rows` is how many sequences the buffers hold (more are added on demand)."""
         self.model = text_model
-        self.layers = list(text_model.layers)
+        self.layers = [LeanLayer(layer) for layer in text_model.layers]
         config = text_model.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -257,24 +288,22 @@ class LeanTextModel:
             mask = mask.to(self.dtype)
         h = embeds
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = rms_norm(layer.input_layernorm, h)
-            q = attn.q_proj(x).view(r, n, -1, self.head_dim)
-            k = attn.k_proj(x).view(r, n, -1, self.head_dim)
-            if hasattr(attn, "q_norm"):  # Qwen3: per-head norms before the rotation
-                q, k = attn.q_norm(q), attn.k_norm(k)
+            x = normed(*layer.input_norm, h)
+            q = layer.q(x).view(r, n, -1, self.head_dim)
+            k = layer.k(x).view(r, n, -1, self.head_dim)
+            if layer.q_norm is not None:  # Qwen3: per-head norms before the rotation
+                q, k = layer.q_norm(q), layer.k_norm(k)
             q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
             keys, values = self.keys[i], self.values[i]
             write(keys, k)
-            write(values, attn.v_proj(x).view(r, n, -1, self.head_dim).transpose(1, 2))
+            write(values, layer.v(x).view(r, n, -1, self.head_dim).transpose(1, 2))
             out = F.scaled_dot_product_attention(
-                q, keys[rows, :, :end], values[rows, :, :end], attn_mask=mask, scale=attn.scaling,
+                q, keys[rows, :, :end], values[rows, :, :end], attn_mask=mask, scale=layer.scaling,
                 is_causal=is_causal, enable_gqa=self.heads != self.kv_heads,
             )  # fmt: skip
-            h = h + attn.o_proj(out.transpose(1, 2).reshape(r, n, -1))
-            x = rms_norm(layer.post_attention_layernorm, h)
-            mlp = layer.mlp
-            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+            h = h + layer.o(out.transpose(1, 2).reshape(r, n, -1))
+            x = normed(*layer.post_norm, h)
+            h = h + layer.down(layer.act(layer.gate(x)) * layer.up(x))
         return rms_norm(self.model.norm, h)
 
 
