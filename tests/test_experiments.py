@@ -121,6 +121,19 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(finished, monkeyp
     ]
 
 
+def test_other_scoring_settings_score_again_without_training(finished, tmp_path, monkeypatch):
+    work, results, base = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    monkeypatch.setattr(runner, "train_measured", lambda *a, **k: pytest.fail("a variant was retrained"))
+    args = ["experiments", "--workdir", str(copy), "--base", str(base), "--results", str(tmp_path / "R.md")]
+    assert main(args + ["--steps", "2", "--per-task", "1", "--batch-size", "2", "--max-new-tokens", "3"]) == 0
+    for variant in VARIANTS:
+        result = json.loads((copy / variant.name / "result.json").read_text())
+        assert result["settings"]["max_new_tokens"] == 3
+    assert json.loads((copy / "base.json").read_text())["settings"]["max_new_tokens"] == 3
+
+
 def test_a_changed_sweep_reruns_the_sweep_alone(finished, tmp_path, monkeypatch):
     work, results, base = finished
     copy = tmp_path / "work"
@@ -156,7 +169,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
 
 def test_the_default_budget_is_the_documented_one():
     config = ExperimentConfig()
-    assert (config.steps, config.per_task) == (DEFAULT_STEPS, DEFAULT_PER_TASK) == (400, 30)
+    assert (config.steps, config.per_task) == (DEFAULT_STEPS, DEFAULT_PER_TASK) == (400, 60)
     train = config.train_config()
     assert (train.batch_size, train.lr, train.seed) == (32, 5e-4, 1)  # the demo conversion's
     assert ExperimentConfig.capped(2).sweep_per_task == 2

@@ -34,13 +34,14 @@ from .variants import DIRECT, VARIANTS, Variant
 
 CHECKPOINT_EVERY = 100  # at most ~3 minutes of a variant's training lost to an interruption
 SETTINGS_FILE = "experiments.json"
-SWEEP_ONLY = ("sweep_per_task", "thresholds", "sweep_block_sizes")  # recorded in sweep.json instead
+TRAINING = ("steps", "batch_size", "lr", "seed")  # what the trained variants depend on: claimed
 
 
 @dataclass
 class ExperimentConfig:
-    """The budget every variant shares (the demo conversion's batch, learning rate and seed) and
-    how many test items each evaluation answers."""
+    """The budget every variant shares (the demo conversion's batch, learning rate and seed), which
+    claims the work directory, and how many test items each evaluation answers, which may change
+    between runs (the scores and the sweep are made again; the trained variants are kept)."""
 
     steps: int = DEFAULT_STEPS
     batch_size: int = DemoRecipe.batch_size
@@ -71,8 +72,16 @@ class ExperimentConfig:
         multi, sweep = min(per_task, MULTI_TURN_PER_TASK), min(per_task, SWEEP_PER_TASK)
         return cls(per_task=per_task, multi_turn_per_task=multi, sweep_per_task=sweep, **settings)
 
+    def scoring_settings(self) -> dict:
+        """What a variant's scores depend on besides its trained model (kept with its result)."""
+        return {
+            "per_task": self.per_task,
+            "multi_turn_per_task": self.multi_turn_per_task,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
     def sweep_settings(self) -> dict:
-        """What the inference sweep depends on besides the `direct` model (JSON-ready)."""
+        """What the inference sweep depends on besides the `direct` model (kept with the sweep)."""
         return {
             "per_task": self.sweep_per_task,
             "thresholds": list(self.thresholds),
@@ -114,7 +123,7 @@ class Experiments:
         def score() -> dict:
             return {"bench": evaluate(model, self.test, BASE_MODES, self.config.per_task, **self.answers())}
 
-        return once(self.workdir / "base.json", score)
+        return once(self.workdir / "base.json", score, self.config.scoring_settings())
 
     def variant_result(self, variant: Variant, conversations: Path) -> dict:
         """Train (in a child process, measured), then score on the test split and, for the
@@ -138,7 +147,7 @@ class Experiments:
                 )
             return out | {"eval_s": time.perf_counter() - began}
 
-        return once(folder / "result.json", score)
+        return once(folder / "result.json", score, self.config.scoring_settings())
 
     def sweep_result(self) -> dict:
         """The sweep of the `direct` model; made again (and only it) when its settings changed."""
@@ -148,12 +157,9 @@ class Experiments:
             model, config = load(self.workdir / DIRECT), self.config
             points = run_sweep(model, self.test, config.sweep_per_task, config.thresholds,
                                config.sweep_block_sizes, **self.answers())  # fmt: skip
-            return {"settings": settings, "points": points}
+            return {"points": points}
 
-        path = self.workdir / "sweep.json"
-        if path.exists() and json.loads(path.read_text()).get("settings") != settings:
-            path.unlink()
-        return once(path, sweep)
+        return once(self.workdir / "sweep.json", sweep, settings)
 
 
 def run_experiments(
@@ -172,9 +178,9 @@ def run_experiments(
     workdir = Path(workdir)
     base_model = load(base)  # a missing base fails here, before any work
     variants = {v.name: {"recipe": v.recipe, "seed_offset": v.seed_offset} for v in VARIANTS}
-    variant_settings = {k: v for k, v in asdict(config).items() if k not in SWEEP_ONLY}
-    settings = {"base": str(base), "data": str(data_dir), **variant_settings, "variants": variants}
-    claim_workdir(workdir, settings, SETTINGS_FILE)  # the sweep's own settings: `sweep_result`
+    training = {k: v for k, v in asdict(config).items() if k in TRAINING}
+    settings = {"base": str(base), "data": str(data_dir), **training, "variants": variants}
+    claim_workdir(workdir, settings, SETTINGS_FILE)  # scoring and sweep settings: kept with results
     data = demo_data(workdir / "data", progress) if data_dir is None else Path(data_dir)
     for split in ("train", "test"):
         if not (data / f"{split}.json").is_file():
@@ -205,12 +211,16 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
-def once(path: Path, make: Callable[[], dict]) -> dict:
-    """The JSON at `path`, made (and timed) first if it is not there; written whole or not at all."""
+def once(path: Path, make: Callable[[], dict], settings: dict | None = None) -> dict:
+    """The JSON at `path`, made (and timed) first if it is not there or was made with other
+    `settings` (kept in it); written whole or not at all."""
     if path.exists():
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
+        if settings is None or value.get("settings") == settings:
+            return value
     began = time.perf_counter()
-    value = make() | {"seconds": time.perf_counter() - began}
+    value = make() | ({} if settings is None else {"settings": settings})
+    value["seconds"] = time.perf_counter() - began
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(value, indent=1))
