@@ -48,7 +48,7 @@ def profile(vlm, mode: str, size: int, prompts, images, cap: int) -> dict[str, f
     prof.disable()
     stats = pstats.Stats(prof)
     parts = {part: cumulative(stats, where) for part, where in PARTS.items()}
-    if size == 1:  # `generate` prefills through the session directly (Batch.prefill calls it too)
+    if not parts["prompt pass"]:  # `generate` prefills through the session (Batch.prefill calls it too)
         parts["prompt pass"] = cumulative(stats, ALONE_PROMPT_PASS)
     parts["decoding"] = seconds - sum(parts.values())
     return {"seconds": seconds, **parts}
