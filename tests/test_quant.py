@@ -149,6 +149,22 @@ def test_dtype_casts_keep_the_fp8_weight_and_fp32_scales(linear):
 # --- a quantised model and its checkpoint ------------------------------------------------------
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["emulated", "torchao"])
+def test_the_lean_path_decodes_a_quantised_model_as_transformers_does(native, monkeypatch, images):
+    """The lean path calls plain linear layers directly; an FP8 module, or torchao's FP8 weight inside
+    an `nn.Linear`, must still run as itself (same tokens as on transformers' forward)."""
+    if native:
+        pytest.importorskip("torchao", reason="torchao is not installed (pip install 'fast-dvlm[quant]')")
+        monkeypatch.setattr(quantize_module, "native_fp8_available", lambda: True)
+    vlm = quantize(fresh_vlm(), "fp8-weight", emulate=not native)
+    answers = {
+        engine: vlm.generate("Describe the picture.", [images[0]], "ar", 12, engine=engine)
+        for engine in ("lean", "transformers")
+    }
+    assert len(answers["lean"].token_ids) > 1
+    assert answers["lean"].token_ids == answers["transformers"].token_ids
+
+
 @pytest.fixture(scope="module")
 def reference() -> DiffusionVLM:
     return fresh_vlm()

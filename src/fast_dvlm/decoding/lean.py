@@ -28,7 +28,6 @@ Qwen3-VL decoder layers with full attention); for any other the session keeps tr
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -47,17 +46,22 @@ def normed(weight: torch.Tensor, eps: float, x: torch.Tensor) -> torch.Tensor:
 
 
 def direct(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A plain `nn.Linear` as `F.linear` over its own parameters (no module call: a tenth of a small
-    model's decoding time is module-call overhead); any other module (an FP8 linear) as itself."""
-    if type(module) is nn.Linear:
-        return partial(F.linear, weight=module.weight, bias=module.bias)
-    return module
+    """A plain `nn.Linear` (plain parameters, no hooks) as `F.linear` over its own parameters, with
+    no module call (a tenth of a small model's decoding time is module-call overhead); anything else
+    (an FP8 linear, a torchao tensor-subclass weight, a hooked module) as the module itself."""
+    plain = type(module) is nn.Linear and type(module.weight) is nn.Parameter
+    wrapped = "forward" in vars(module)  # accelerate's hooks (offloading) replace the instance's forward
+    if not plain or wrapped or module._forward_hooks or module._forward_pre_hooks:
+        return module
+    weight, bias = module.weight, module.bias
+    return lambda x: F.linear(x, weight, bias)
 
 
 class LeanLayer:
     """One decoder layer's parts, looked up once: what `_layers` calls, pass after pass. It holds
-    the modules' own parameter objects, which `.to()` and `.half()` update in place; a module
-    swapped afterwards (quantisation) is seen by the next lean model (one per answer or batch)."""
+    the modules' own parameter objects (`.to(device)` updates them in place); a module or weight
+    replaced afterwards (quantisation) is seen only by lean models built after it, so quantise
+    before decoding (a server's batch lives as long as the server)."""
 
     def __init__(self, layer: nn.Module) -> None:
         attn, mlp = layer.self_attn, layer.mlp
@@ -80,7 +84,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class LeanTextModel:
     """A transformers Qwen-style text model's layers with a preallocated cache. Holds no weights of
-    its own: it reads the modules' parameters, so quantised or moved weights are seen as they are."""
+    its own: it reads the modules' parameters (`LeanLayer`), as they are when it is built."""
 
     CAPACITY = 512  # initial positions per buffer; doubled when a pass would overflow
 
