@@ -126,12 +126,15 @@ def test_other_scoring_settings_score_again_without_training(finished, tmp_path,
     copy = tmp_path / "work"
     shutil.copytree(work, copy)
     monkeypatch.setattr(runner, "train_measured", lambda *a, **k: pytest.fail("a variant was retrained"))
+    kept = {p: p.stat().st_mtime_ns for p in copy.glob("*/training.json")}
     args = ["experiments", "--workdir", str(copy), "--base", str(base), "--results", str(tmp_path / "R.md")]
-    assert main(args + ["--steps", "2", "--per-task", "1", "--batch-size", "2", "--max-new-tokens", "3"]) == 0
+    assert main(args + ["--steps", "2", "--per-task", "2", "--batch-size", "2", "--max-new-tokens", "3"]) == 0
     for variant in VARIANTS:
         result = json.loads((copy / variant.name / "result.json").read_text())
-        assert result["settings"]["max_new_tokens"] == 3
-    assert json.loads((copy / "base.json").read_text())["settings"]["max_new_tokens"] == 3
+        assert result["settings"] == {"per_task": 2, "multi_turn_per_task": 2, "max_new_tokens": 3}
+    assert json.loads((copy / "base.json").read_text())["settings"]["per_task"] == 2
+    assert json.loads((copy / "sweep.json").read_text())["settings"]["max_new_tokens"] == 3
+    assert kept and all(p.stat().st_mtime_ns == t for p, t in kept.items())
 
 
 def test_a_changed_sweep_reruns_the_sweep_alone(finished, tmp_path, monkeypatch):

@@ -86,7 +86,8 @@ def setup(report: dict) -> str:
     return f"""# Fast-dVLM's comparisons, reproduced at small scale
 
 Written by `fast-dvlm experiments` (`fast_dvlm.experiments`) from the work directory's JSON files;
-rerunning the command regenerates it. Every number below comes from that one run.
+rerunning the command regenerates it. Every number below comes from the results kept in that work
+directory, made with the settings listed here (a rerun with other scoring settings scores again).
 
 ## Setup
 

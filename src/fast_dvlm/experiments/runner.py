@@ -1,8 +1,10 @@
 """`fast-dvlm experiments`: convert every variant on one budget, evaluate each, write RESULTS.md.
 
 Every piece of work writes one JSON file in the work directory and is skipped when that file is
-there, so an interrupted run picks up where it stopped (a variant's training also resumes from its
-checkpoints). A work directory belongs to one base and one set of settings, which it records.
+there (and, for scores and the sweep, was made with the same scoring settings, kept in it), so an
+interrupted run picks up where it stopped (a variant's training also resumes from its checkpoints).
+A work directory belongs to one base and one training budget, which it records; other scoring or
+sweep settings score the kept variants again.
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ def machine() -> dict:
 def once(path: Path, make: Callable[[], dict], settings: dict | None = None) -> dict:
     """The JSON at `path`, made (and timed) first if it is not there or was made with other
     `settings` (kept in it); written whole or not at all."""
+    settings = None if settings is None else json.loads(json.dumps(settings))  # as stored (no tuples)
     if path.exists():
         value = json.loads(path.read_text())
         if settings is None or value.get("settings") == settings:
