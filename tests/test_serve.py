@@ -28,6 +28,7 @@ from PIL import Image
 from benchmarks.serve_load import answered_differently, client_for, drawn_png, mixed_requests, run_load
 from fast_dvlm import DiffusionVLM, load
 from fast_dvlm.cli import main
+from fast_dvlm.decoding.batch import Batch
 from fast_dvlm.serve.app import ServeConfig, create_app
 from fast_dvlm.serve.runner import serving_in_background
 
@@ -360,17 +361,30 @@ def test_still_serving_after_bad_input(served):
 # --- load, cancellation, back-pressure, timeout ----------------------------------------------
 
 
-def test_abandoned_stream_frees_the_engine_at_the_next_block(served):
+@pytest.fixture
+def slow_rounds(monkeypatch) -> None:
+    """Every decoding round takes at least 10 ms, so LONG's 3000 rounds last 30 s or more on any
+    machine: only a cancellation or a timeout can end it within the seconds these tests allow."""
+    rounds = Batch.round
+
+    def slow_round(batch: Batch):
+        time.sleep(0.01)
+        return rounds(batch)
+
+    monkeypatch.setattr(Batch, "round", slow_round)
+
+
+def test_abandoned_stream_frees_the_engine_at_the_next_block(served, slow_rounds):
     stream = client_for(served.url).chat.completions.create(
         model="tiny", messages=LONG["messages"], max_tokens=LONG["max_tokens"], stream=True
     )
     with stream:
         assert len(list(islice(stream, 3))) == 3
-    wait_idle(served.url, within=2.0)  # while the whole answer takes longer than the 3 s timeout below
+    wait_idle(served.url, within=2.0)  # the whole answer would take 30 s (slow_rounds)
     assert ask(served.url, user(text("hi"))).choices[0].message.content
 
 
-def test_timeout_answers_504_and_frees_the_engine(strict_url):
+def test_timeout_answers_504_and_frees_the_engine(strict_url, slow_rounds):
     status, data, _ = raw(strict_url, "POST", "/v1/chat/completions", LONG)
     assert status == 504 and data["error"]["code"] == "timeout"
     wait_idle(strict_url, within=2.0)
@@ -395,7 +409,7 @@ def test_a_body_over_the_limit_gets_413_and_the_server_keeps_serving(strict_url,
     assert ask(strict_url, user(text("hi")), max_tokens=4).usage.completion_tokens == 4
 
 
-def test_full_queue_answers_429_with_retry_after(strict_url):
+def test_full_queue_answers_429_with_retry_after(strict_url, slow_rounds):
     running = client_for(strict_url).chat.completions.create(
         model="tiny", messages=LONG["messages"], max_tokens=LONG["max_tokens"], stream=True
     )
