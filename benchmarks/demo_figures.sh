@@ -26,7 +26,7 @@ step python benchmarks/batch_decode.py --per-task 8 --repeats 3 --modes spec-lin
     --json $R/batch_decode_grouped.json
 step python benchmarks/batch_profile.py --per-task 8 --mode spec-linear --json $R/batch_profile.json
 for c in 1 4 8 16; do
-    step python benchmarks/serve_load.py --model demo --requests 48 --concurrency $c --json $R/serve_load_c$c.json
+    step python benchmarks/serve_load.py --model demo --requests 144 --concurrency $c --json $R/serve_load_c$c.json
 done
 step python benchmarks/decode_profile.py --repeats 5
 step python benchmarks/fp8_error.py --model demo --out $R/fp8_error.json
