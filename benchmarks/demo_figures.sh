@@ -28,6 +28,10 @@ step python benchmarks/batch_profile.py --per-task 8 --mode spec-linear --json $
 for c in 1 4 8 16; do
     step python benchmarks/serve_load.py --model demo --requests 144 --concurrency $c --json $R/serve_load_c$c.json
 done
+for c in 1 8; do
+    step python benchmarks/serve_load.py --model demo --requests 144 --concurrency $c --server-process \
+        --json $R/serve_load_process_c$c.json
+done
 step python benchmarks/decode_profile.py --repeats 5
 step python benchmarks/fp8_error.py --model demo --out $R/fp8_error.json
 step fast-dvlm quantize --model demo --scheme fp8-w8a8 --out runs/demo-fp8 --emulate --dtype float32

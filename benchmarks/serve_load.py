@@ -1,11 +1,13 @@
-"""Load test of `fast-dvlm serve`: a server started here, many concurrent requests through the
-official openai client, some streams abandoned mid-answer; latency percentiles and throughput.
+"""Load test of `fast-dvlm serve`: a server started here (in this process, or with
+`--server-process` as a `fast-dvlm serve` process of its own, as deployed), many concurrent requests
+through the official openai client, some streams abandoned mid-answer; latency percentiles and
+throughput.
 
 Checks as it measures: no 5xx (and no 429 while the queue holds every client), and every answer equal
 to the same request sent alone (`answered_differently` replays each distinct request alone, so lost
-or mixed-up answers show). One engine decodes one request at a time, so latency is mostly queueing:
-with C clients and a mean service time s, p50 is about C x s. The test suite runs the same request
-mix (`mixed_requests`) at a smaller size.
+or mixed-up answers show). The server decodes up to its batch size of requests together and queues
+the rest, so past that latency is mostly queueing. The test suite runs the same request mix
+(`mixed_requests`) at a smaller size.
 
     OMP_NUM_THREADS=1 python benchmarks/serve_load.py --model tiny:qwen2_5_vl --requests 200 --concurrency 8
 """
@@ -16,11 +18,16 @@ import argparse
 import base64
 import io
 import json
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import openai
@@ -180,6 +187,36 @@ def answered_differently(base_url: str, run: LoadRun) -> list[LoadResult]:
     return [r for r in run.results if r.text is not None and r.text != alone[r.request.alone()]]
 
 
+@contextmanager
+def serving_elsewhere(config: ServeConfig, startup_timeout: float = 120.0) -> Iterator[str]:
+    """`fast-dvlm serve` with `config`'s settings in a process of its own (same threads setting);
+    yields its base URL once /health answers; stopped with Ctrl-C's signal on exit."""
+    with socket.socket() as probe:  # a free port (released just before the server takes it)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = {"--model": config.model_name, "--port": port, "--mode": config.mode,
+                "--queue-size": config.queue_size, "--timeout": config.timeout}  # fmt: skip
+    command = [sys.executable, "-m", "fast_dvlm.cli", "serve"]
+    command += [str(x) for pair in settings.items() for x in pair]
+    server = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {' '.join(command)}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:qwen2_5_vl")
@@ -187,12 +224,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=24, help="answer cap (abandoned streams: 20x)")
     parser.add_argument("--abandon-every", type=int, default=5, help="every n-th request is abandoned")
+    parser.add_argument(
+        "--server-process",
+        action="store_true",
+        help="run the server as its own `fast-dvlm serve` process, as deployed (default: in this process, "
+        "where the clients share its interpreter lock)",
+    )
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
     config = ServeConfig(args.model, mode="ar", queue_size=args.concurrency, timeout=600)
     requests = mixed_requests(args.requests, args.abandon_every, args.max_tokens)
-    with serving_in_background(create_app(load(args.model), config)) as url:
+    server = (
+        serving_elsewhere(config)
+        if args.server_process
+        else serving_in_background(create_app(load(args.model), config))
+    )
+    with server as url:
         run = run_load(url, requests, args.concurrency)
         wrong = answered_differently(url, run)
     figures = run.summary() | {
