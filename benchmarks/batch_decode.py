@@ -39,6 +39,7 @@ MODES = {
     "diffusion": {},
 }
 SIZES = (1, 2, 4, 8)
+ORDERS = ("interleaved", "grouped")  # see demo_prompts
 
 
 def demo_split(workdir: Path) -> Path:
@@ -51,12 +52,15 @@ def demo_prompts(workdir: Path, per_task: int, order: str = "interleaved") -> tu
     task order, where the long-answer task comes last and ends a batched run with a tail of a few
     long answers decoding in a mostly empty batch."""
     items = read_items(demo_split(workdir), per_task)
-    if order == "interleaved":  # sorted by rank within its task, stable: the tasks' order kept
-        seen: Counter[str] = Counter()
-        ranks = [seen.update([i.task]) or seen[i.task] for i in items]
-        items = [i for _, i in sorted(zip(ranks, items, strict=True), key=lambda pair: pair[0])]
-    elif order != "grouped":
-        raise ValueError(f"order must be interleaved or grouped, got {order!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if order == "interleaved":  # by rank within its task; the sort is stable, so tasks keep their order
+        rank: Counter[str] = Counter()
+        ranked = []
+        for item in items:
+            rank[item.task] += 1
+            ranked.append((rank[item.task], item))
+        items = [item for _, item in sorted(ranked, key=lambda pair: pair[0])]
     return [i.question for i in items], [[i.image] for i in items]
 
 
@@ -112,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs/bench")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument(
-        "--order", choices=("interleaved", "grouped"), default="interleaved",
+        "--order", choices=ORDERS, default="interleaved",
         help="the prompts' order: tasks in turn, or task by task (see demo_prompts)",
     )  # fmt: skip
     parser.add_argument("--json", default=None)

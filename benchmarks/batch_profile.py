@@ -18,7 +18,7 @@ import pstats
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch_decode import decode, demo_prompts
+from batch_decode import ORDERS, decode, demo_prompts
 
 from fast_dvlm import load
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--workdir", default="runs/bench")
-    parser.add_argument("--order", choices=("interleaved", "grouped"), default="interleaved")
+    parser.add_argument("--order", choices=ORDERS, default="interleaved")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     vlm = load(args.model)

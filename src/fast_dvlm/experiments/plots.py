@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .sweep import default_point
+
 
 def pyplot():
     import matplotlib
@@ -54,10 +56,10 @@ def plot_sweep(points: list[dict], default: dict, within_noise: float, path: Pat
     front = sorted((p for p in points if p["frontier"]), key=lambda p: p["tokens_per_s"])
     axes.plot([p["tokens_per_s"] for p in front], [p["accuracy"] for p in front], color="black", lw=1,
               label="frontier")  # fmt: skip
-    chosen = [p for p in points if all(p[k] == v for k, v in default.items())]
-    if chosen:
+    chosen = default_point(points, default)
+    if chosen is not None:
         label = f"default (tau {default['threshold']}, B {default['block_size']})"
-        axes.scatter([chosen[0]["tokens_per_s"]], [chosen[0]["accuracy"]], s=160, facecolors="none",
+        axes.scatter([chosen["tokens_per_s"]], [chosen["accuracy"]], s=160, facecolors="none",
                      edgecolors="red", label=label)  # fmt: skip
     low, high = min(min(accuracies), within_noise), max(accuracies)
     axes.set(xlabel="tokens per second", ylabel="accuracy, mean over tasks (%)",

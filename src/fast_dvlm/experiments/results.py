@@ -20,7 +20,7 @@ from .agreement import (
 )
 from .evaluate import HEADLINE
 from .plots import plot_sweep, plot_variants
-from .sweep import DEFAULT
+from .sweep import DEFAULT, default_point
 from .variants import (
     AR_WEIGHT,
     BLOCK_CAUSAL,
@@ -333,7 +333,7 @@ def sweep_noise(points: list[dict]) -> tuple[dict, float]:
     """The sweep's most accurate point and two standard errors (points) of an accuracy difference
     between it and the defaults (itself where the defaults were not swept) on these items."""
     best = max(points, key=lambda p: (p["accuracy"], p["tokens_per_s"]))
-    default = next((p for p in points if all(p[k] == v for k, v in DEFAULT.items())), best)
+    default = default_point(points) or best
     return best, sampling_error([best["tasks"], default["tasks"]], list(best["tasks"]))
 
 
@@ -341,11 +341,10 @@ def default_statement(points: list[dict]) -> str:
     """What the sweep says about the defaults: whether they are on the frontier, whether the grid's
     accuracies differ by more than the sampling noise, and the fastest setting within the noise of
     the most accurate one."""
-    default = [p for p in points if all(p[k] == v for k, v in DEFAULT.items())]
+    point = default_point(points)
     settings = f"tau {DEFAULT['threshold']}, block {DEFAULT['block_size']}"
-    if not default:
+    if point is None:
         return f"The default settings ({settings}) were not in this sweep."
-    point = default[0]
     best, noise = sweep_noise(points)
     near_best = [p for p in points if p["accuracy"] >= best["accuracy"] - noise]
     fastest = max(near_best, key=lambda p: p["tokens_per_s"])
@@ -363,15 +362,14 @@ def default_statement(points: list[dict]) -> str:
         lines.append(f"{name(best)} is more accurate than the defaults beyond the noise ({high:.1f}%).")
     else:
         lines.append("The defaults are as accurate as the best setting within the noise.")
-    if fastest is not point:  # (the defaults' own case ends the statement below)
-        lines.append(
-            f"The fastest setting within the noise of the most accurate is {name(fastest)}: "
-            f"{fastest['accuracy']:.1f}%, {fastest['tokens_per_s']:.0f} tokens/s, "
-            f"{fastest['tokens_per_s'] / point['tokens_per_s']:.2f}x the defaults' speed."
-        )
     if fastest is point:
         lines.append("None within the noise of the most accurate was faster: the sweep supports them.")
         return " ".join(lines)
+    lines.append(
+        f"The fastest setting within the noise of the most accurate is {name(fastest)}: "
+        f"{fastest['accuracy']:.1f}%, {fastest['tokens_per_s']:.0f} tokens/s, "
+        f"{fastest['tokens_per_s'] / point['tokens_per_s']:.2f}x the defaults' speed."
+    )
     lines.append(
         "The library keeps the paper's defaults: they were chosen for accuracy on real benchmarks, which "
         "a model this small cannot resolve, and a setting picked on this test split would be tuned on "

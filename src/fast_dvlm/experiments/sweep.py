@@ -51,6 +51,11 @@ def run_sweep(
     return points
 
 
+def default_point(points: list[dict], default: dict = DEFAULT) -> dict | None:
+    """The sweep's point at the `default` settings (tau and B), or None if they were not swept."""
+    return next((p for p in points if all(p[k] == v for k, v in default.items())), None)
+
+
 def dominates(a: dict, b: dict) -> bool:
     """`a` is at least as accurate and as fast as `b`, and better in one of the two."""
     at_least = a["accuracy"] >= b["accuracy"] and a["tokens_per_s"] >= b["tokens_per_s"]
