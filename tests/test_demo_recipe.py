@@ -20,7 +20,8 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
     side = TOY_SIDE[family]
     recipe = DemoRecipe(
         family=family, image_size=side, size=TinySize(image_size=side), train_per_task=2, eval_per_task=1,
-        vision_steps=2, ar_steps=2, ar_restart_steps=2, convert_steps=2, batch_size=4, vocab_size=300,
+        glyph_steps=2, vision_steps=2, ar_steps=2, ar_restart_steps=2, convert_steps=2, batch_size=4,
+        vocab_size=300,
     )  # fmt: skip
     paths = make_demo(tmp_path, recipe, export=False)
     assert paths["ar"] == tmp_path / "ar-restart" and paths["converted"] == tmp_path / "converted"
@@ -32,7 +33,8 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
         not p.equal(q) for p, q in zip(first.model.parameters(), second.model.parameters(), strict=True)
     )
     timings = json.loads((tmp_path / "recipe.json").read_text())["timings"]
-    assert set(timings) == {"data", "vision pre-training", "AR training", "conversion"}
+    assert set(timings) == {"data", "glyph pre-training", "vision pre-training", "AR training", "conversion"}
+    assert json.loads((tmp_path / "glyph" / "pretrain.json").read_text())["steps"] == 2
     stamp = (tmp_path / "converted" / "model.safetensors").stat().st_mtime_ns
     make_demo(tmp_path, recipe, export=False)
     assert (tmp_path / "converted" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -50,8 +52,8 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
 
 
 def test_a_workdir_resumed_with_other_settings_is_refused(tmp_path):
-    recipe = DemoRecipe(train_per_task=1, eval_per_task=1, vision_steps=1, ar_steps=1, ar_restart_steps=1,
-                        convert_steps=1, batch_size=2, vocab_size=300)  # fmt: skip
+    recipe = DemoRecipe(train_per_task=1, eval_per_task=1, glyph_steps=0, vision_steps=1, ar_steps=1,
+                        ar_restart_steps=1, convert_steps=1, batch_size=2, vocab_size=300)  # fmt: skip
     make_demo(tmp_path, recipe, export=False)
     with pytest.raises(FastDVLMError, match="ar_steps differ"):
         make_demo(tmp_path, replace(recipe, ar_steps=3), export=False)

@@ -58,6 +58,21 @@ def read_scenes(split_file: str | Path, first_only: bool = False) -> list[Scene]
     return scenes
 
 
+def visual_tokens(vlm: DiffusionVLM, images: list[Image.Image]) -> torch.Tensor:
+    """Visual tokens `[B, N, D]` as the language model receives them; every image must give the same N."""
+    pixels = vlm.processor.image_processor(images=images, return_tensors="pt")
+    out = vlm.model.model.get_image_features(**pixels, return_dict=True)
+    if len({f.shape[0] for f in out.pooler_output}) != 1:
+        raise FastDVLMError("vision pre-training needs images of one size (one number of visual tokens)")
+    return torch.stack(list(out.pooler_output))
+
+
+def save_atomically(state: dict, path: str | Path) -> None:
+    """`torch.save` through a temporary file, so a crash mid-save leaves the last checkpoint whole."""
+    torch.save(state, f"{path}.tmp")
+    Path(f"{path}.tmp").replace(path)
+
+
 class KeyClassifier(nn.Module):
     """Answer key from (visual tokens, question): a GRU question encoder gating the image features.
     Word order matters ("the red shape relative to the blue one"), so not a bag of words."""
@@ -96,13 +111,7 @@ class VisionPretrainer:
         self.head = KeyClassifier(vocab, tokens, dim, len(self.labels))
 
     def features(self, scenes: list[Scene]) -> torch.Tensor:
-        """Visual tokens `[B, N, D]` as the language model receives them; every image must give the same N."""
-        images = [Image.open(scene.image).convert("RGB") for scene in scenes]
-        pixels = self.vlm.processor.image_processor(images=images, return_tensors="pt")
-        out = self.vlm.model.model.get_image_features(**pixels, return_dict=True)
-        if len({f.shape[0] for f in out.pooler_output}) != 1:
-            raise FastDVLMError("vision pre-training needs images of one size (one number of visual tokens)")
-        return torch.stack(list(out.pooler_output))
+        return visual_tokens(self.vlm, [Image.open(scene.image).convert("RGB") for scene in scenes])
 
     def logits(self, scenes: list[Scene]) -> torch.Tensor:
         """Logits for every question of every scene, in order; each image goes through the tower once."""
@@ -227,8 +236,7 @@ def pretrain_vision(
                 "step": step + 1,
                 "seconds": time.perf_counter() - started,
             }
-            torch.save(state, f"{checkpoint}.tmp")
-            Path(f"{checkpoint}.tmp").replace(checkpoint)  # a crash mid-save leaves the last one whole
+            save_atomically(state, checkpoint)
     seconds = time.perf_counter() - started
     vlm.model.eval()
     val = trainer.accuracy(read_scenes(val_file, first_only=True))
