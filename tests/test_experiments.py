@@ -131,10 +131,27 @@ def test_other_scoring_settings_score_again_without_training(finished, tmp_path,
     assert main(args + ["--steps", "2", "--per-task", "2", "--batch-size", "2", "--max-new-tokens", "3"]) == 0
     for variant in VARIANTS:
         result = json.loads((copy / variant.name / "result.json").read_text())
-        assert result["settings"] == {"per_task": 2, "multi_turn_per_task": 2, "max_new_tokens": 3}
+        multi = {"multi_turn_per_task": 2} if variant.multi_turn else {}
+        assert result["settings"] == {"per_task": 2, "max_new_tokens": 3} | multi
     assert json.loads((copy / "base.json").read_text())["settings"]["per_task"] == 2
     assert json.loads((copy / "sweep.json").read_text())["settings"]["max_new_tokens"] == 3
     assert kept and all(p.stat().st_mtime_ns == t for p, t in kept.items())
+
+
+def test_a_larger_multi_turn_set_rescores_only_the_variants_it_scores(finished, tmp_path, monkeypatch):
+    work, _, base = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    monkeypatch.setattr(runner, "train_measured", lambda *a, **k: pytest.fail("a variant was retrained"))
+    kept = {v.name: (copy / v.name / "result.json").stat().st_mtime_ns for v in VARIANTS}
+    kept_base = (copy / "base.json").stat().st_mtime_ns
+    toy = ExperimentConfig.capped(1, steps=2, batch_size=2, max_new_tokens=2)
+    runner.run_experiments(copy, base, config=replace(toy, multi_turn_per_task=2), results=tmp_path / "R.md",
+                           progress=False)  # fmt: skip
+    stamps = {v.name: (copy / v.name / "result.json").stat().st_mtime_ns for v in VARIANTS}
+    rescored = {name for name, stamp in stamps.items() if stamp != kept[name]}
+    assert rescored == {v.name for v in VARIANTS if v.multi_turn}
+    assert (copy / "base.json").stat().st_mtime_ns == kept_base
 
 
 def test_a_changed_sweep_reruns_the_sweep_alone(finished, tmp_path, monkeypatch):

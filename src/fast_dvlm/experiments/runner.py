@@ -74,13 +74,11 @@ class ExperimentConfig:
         multi, sweep = min(per_task, MULTI_TURN_PER_TASK), min(per_task, SWEEP_PER_TASK)
         return cls(per_task=per_task, multi_turn_per_task=multi, sweep_per_task=sweep, **settings)
 
-    def scoring_settings(self) -> dict:
-        """What a variant's scores depend on besides its trained model (kept with its result)."""
-        return {
-            "per_task": self.per_task,
-            "multi_turn_per_task": self.multi_turn_per_task,
-            "max_new_tokens": self.max_new_tokens,
-        }
+    def scoring_settings(self, multi_turn: bool = False) -> dict:
+        """What a result depends on besides its trained model (kept with it); the multi-turn set
+        only for a result that scores it, so changing it re-scores nothing else."""
+        settings = {"per_task": self.per_task, "max_new_tokens": self.max_new_tokens}
+        return settings | ({"multi_turn_per_task": self.multi_turn_per_task} if multi_turn else {})
 
     def sweep_settings(self) -> dict:
         """What the inference sweep depends on besides the `direct` model (kept with the sweep)."""
@@ -149,7 +147,7 @@ class Experiments:
                 )
             return out | {"eval_s": time.perf_counter() - began}
 
-        return once(folder / "result.json", score, self.config.scoring_settings())
+        return once(folder / "result.json", score, self.config.scoring_settings(variant.multi_turn))
 
     def sweep_result(self) -> dict:
         """The sweep of the `direct` model; made again (and only it) when its settings changed."""
