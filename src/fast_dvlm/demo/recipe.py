@@ -39,8 +39,9 @@ ARCHITECTURES = {  # what a model card calls each family
 class DemoRecipe:
     """The shipped demo: timm's fastvit_mci3 (FastViTHD) scaled to widths 16..256 at 192 px, 3x3
     visual tokens (stride 64), feeding a 4-layer Qwen2 of width 256 (1-D RoPE): 4.8M parameters.
-    Sized for the 150-minute budget from step times measured alone on 2 cores (stage 0 0.44 s, AR
-    1.21 s, conversion 2.01 s: about 127 minutes of training)."""
+    Sized for the 150-minute budget from step times measured alone on 2 cores (reading pretext
+    0.39 s, stage 0 0.43 s, AR 1.09 s, conversion 1.64 s: 118 minutes of training, 120 with the
+    data, in the run that made the shipped checkpoints)."""
 
     family: str = "fast_vlm"  # any family with a tiny builder (`fast_dvlm.models.tiny`)
     image_size: int = DEMO_SIDE
