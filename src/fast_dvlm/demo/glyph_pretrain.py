@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..data.draw import COLOURS, canvas, text
 from ..vlm import DiffusionVLM
-from .vision_pretrain import save_atomically, visual_tokens
+from .vision_pretrain import resume_checkpoint, save_checkpoint, visual_tokens
 
 ALPHABET = string.ascii_uppercase + string.digits
 LENGTH = 4  # characters per image, read in order
@@ -105,15 +105,10 @@ def pretrain_glyphs(
     reader = GlyphReader(vlm, side)
     optimizer = torch.optim.AdamW(reader.trained_parameters(), lr=lr, weight_decay=0.01)
     rng = random.Random(seed)
-    done, seconds = 0, 0.0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
+    state, done, seconds = resume_checkpoint(checkpoint, optimizer, rng)
+    if state:
         vlm.model.load_state_dict(state["model"])
         reader.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        done, seconds = state["step"], state["seconds"]
     started = time.perf_counter() - seconds
     vlm.model.train()
     bar = tqdm(range(done, steps), "glyph pre-training", initial=done, total=steps, disable=not progress)
@@ -125,16 +120,8 @@ def pretrain_glyphs(
         optimizer.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            state = {
-                "model": vlm.model.state_dict(),
-                "head": reader.head.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step + 1,
-                "seconds": time.perf_counter() - started,
-            }
-            save_atomically(state, checkpoint)
+            weights = {"model": vlm.model.state_dict(), "head": reader.head.state_dict()}
+            save_checkpoint(checkpoint, weights, optimizer, rng, step + 1, time.perf_counter() - started)
     seconds = time.perf_counter() - started
     vlm.model.eval()
     held = [glyph_image(random.Random(HELD_OUT_SEED + k), side) for k in range(held_out)]

@@ -67,10 +67,27 @@ def visual_tokens(vlm: DiffusionVLM, images: list[Image.Image]) -> torch.Tensor:
     return torch.stack(list(out.pooler_output))
 
 
-def save_atomically(state: dict, path: str | Path) -> None:
-    """`torch.save` through a temporary file, so a crash mid-save leaves the last checkpoint whole."""
+def save_checkpoint(
+    path: str | Path, weights: dict, optimizer, rng: random.Random, step: int, seconds: float
+) -> None:
+    """The run's whole state (`weights`: what the stage itself restores), saved through a temporary
+    file so a crash mid-save leaves the last checkpoint whole."""
+    state = weights | {"optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                       "torch_rng": torch.get_rng_state(), "step": step, "seconds": seconds}  # fmt: skip
     torch.save(state, f"{path}.tmp")
     Path(f"{path}.tmp").replace(path)
+
+
+def resume_checkpoint(path: str | Path | None, optimizer, rng: random.Random) -> tuple[dict, int, float]:
+    """Restore the optimizer and random states saved by `save_checkpoint`; the saved state (for the
+    stage's own weights), steps done and seconds spent, or `({}, 0, 0.0)` when there is none."""
+    if path is None or not Path(path).exists():
+        return {}, 0, 0.0
+    state = torch.load(path, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state, state["step"], state["seconds"]
 
 
 class KeyClassifier(nn.Module):
@@ -213,30 +230,18 @@ def pretrain_vision(
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=lr, weight_decay=0.01)
     scheduler = get_scheduler("cosine", optimizer, steps // 20, steps)
     rng = random.Random(seed)
-    done, seconds = 0, 0.0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
+    state, done, seconds = resume_checkpoint(checkpoint, optimizer, rng)
+    if state:
         trainer.load_weights(state)
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        done, seconds = state["step"], state["seconds"]
     started = time.perf_counter() - seconds
     bar = tqdm(range(done, steps), "vision pre-training", initial=done, total=steps, disable=not progress)
     for step in bar:
         loss = trainer.train_step(rng.sample(scenes, batch_size), focal_gamma, optimizer, scheduler)
         bar.set_postfix(loss=f"{loss:.3f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            state = trainer.weights() | {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step + 1,
-                "seconds": time.perf_counter() - started,
-            }
-            save_atomically(state, checkpoint)
+            weights = trainer.weights() | {"scheduler": scheduler.state_dict()}
+            save_checkpoint(checkpoint, weights, optimizer, rng, step + 1, time.perf_counter() - started)
     seconds = time.perf_counter() - started
     vlm.model.eval()
     val = trainer.accuracy(read_scenes(val_file, first_only=True))
