@@ -21,6 +21,7 @@ step() {
 step fast-dvlm bench --json $R/bench_demo.json --plot $R/bench_demo.png
 step python -m benchmarks.demo_versions --old-rev "$OLD" --split val --out $R/demo_versions_val
 step python -m benchmarks.demo_versions --old-rev "$OLD" --split test --out $R/demo_versions_test
+step python -m benchmarks.demo_failures --split val --out $R/demo_failures_val
 step python -m benchmarks.demo_prefill --old-rev "$OLD_PREFILL" --out $R/demo_prefill
 step python benchmarks/ttft.py --recost $R/ttft.json
 step python benchmarks/batch_decode.py --per-task 8 --repeats 3 --json $R/batch_decode.json

@@ -1,0 +1,125 @@
+"""Where the demo's AR base goes wrong, task by task: reading or binding.
+
+    python -m benchmarks.demo_failures --split val --out benchmarks/results/demo_failures_val
+
+Every wrong answer is sorted by what it says instead of the key:
+- **bound wrong**: the answer to another question about the same image (the shape under another
+  label, another bar's value, another receipt field, the inverse relation). The model read the
+  image but tied the question to the wrong part of it.
+- for multiple-choice tasks (map, counting) the answer states its content and then a letter ("The
+  red region is Lima, option A"): whether the content is right, and whether the letter is the one
+  the question lists for that content (a lookup inside the question's own text).
+- presence: how often it says yes (the split is half yes, half no).
+The rest is "other": a value that appears nowhere in the image's questions (misread or invented).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks.demo_versions import split_at
+from fast_dvlm import load
+from fast_dvlm.data import get_task
+from fast_dvlm.data.task import DEMO_SIDE, ChoiceTask, Task
+from fast_dvlm.eval.accuracy import first_question
+
+OPTION = re.compile(r"\b([A-D])\. (\S+)")
+
+
+def choice_reading(question: str, answer: str, key: str) -> tuple[bool, bool] | None:
+    """(content right, letter agrees with the content) for a multiple-choice answer, or None when the
+    answer names no single option's content."""
+    options = dict(OPTION.findall(question))
+    stated = answer.split("option")[0]
+    named = [letter for letter, value in options.items() if re.search(rf"\b{re.escape(value)}\b", stated)]
+    letters = re.findall(r"\boption ([A-D])\b", answer)
+    if len(named) != 1 or not letters:
+        return None
+    return named[0] == key, letters[-1] == named[0]
+
+
+def classify(task: Task, question: str, answer: str, key: str, others: set[str]) -> dict[str, int]:
+    """The counts one answer adds to its task's row (`others`: the keys of the image's other questions)."""
+    right = task.score(answer, key)
+    row = {"items": 1, "right": int(right)}
+    if isinstance(task, ChoiceTask):
+        reading = choice_reading(question, answer, key)
+        row["stated one option"] = int(reading is not None)
+        if reading is not None:
+            row["content right"], row["letter agrees"] = int(reading[0]), int(reading[1])
+    elif task.name == "presence":
+        row["said yes"] = int(task.score(answer, "yes"))
+    elif not right and others - {key}:  # one question per image: nothing to bind wrongly to
+        row["bound wrong"] = int(any(task.score(answer, other) for other in others - {key}))
+    return row
+
+
+def analyse(model: str, split: Path, per_task: int | None) -> dict[str, dict[str, int]]:
+    """Counts per task: items, right, and the sorts of wrong answers described above."""
+    vlm = load(model)
+    records, seen = [], defaultdict(int)
+    for record in json.loads(split.read_text()):
+        seen[record["task"]] += 1
+        if per_task is None or seen[record["task"]] <= per_task:
+            records.append(record)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for record in tqdm(records, desc=str(model)):
+        task, question = get_task(record["task"]), first_question(record)
+        answer = vlm.generate(question, [split.parent / record["image"]], "ar", 128).text
+        others = {q["key"] for q in record.get("questions", [])[1:]}
+        for name, count in classify(task, question, answer, record["key"], others).items():
+            counts[task.name][name] += count
+    return {name: dict(row) for name, row in counts.items()}
+
+
+def table(counts: dict[str, dict[str, float]]) -> str:
+    def share(row: dict, part: str, whole: str) -> str:
+        return f"{100.0 * row[part] / row[whole]:.0f}%" if part in row and row.get(whole) else "-"
+
+    lines = [
+        "| task | right | wrong: another question's answer | choice: content right | choice: letter agrees "
+        "with content | presence: says yes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in counts.items():
+        wrong = row["items"] - row["right"]
+        bound = f"{row['bound wrong']} of {wrong}" if "bound wrong" in row else "-"
+        stated = "stated one option"
+        cells = [share(row, "right", "items"), bound, share(row, "content right", stated),
+                 share(row, "letter agrees", stated), share(row, "said yes", "items")]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="demo-ar", help="model to analyse (default: demo-ar)")
+    parser.add_argument(
+        "--split", choices=("val", "test"), default="val", help="which held-out split (default: val)"
+    )
+    parser.add_argument(
+        "--split-file", default=None, help="analyse this split JSON instead (e.g. the recipe's train.json)"
+    )
+    parser.add_argument("--per-task", type=int, default=None, help="items per task (default: all)")
+    parser.add_argument("--workdir", default="runs/demo_versions", help="where the split is built")
+    parser.add_argument("--out", default=None, help="also write OUT.md (the table) and OUT.json (the counts)")
+    args = parser.parse_args()
+    split = args.split_file or split_at(Path(args.workdir) / args.split, args.split, DEMO_SIDE, None)
+    counts = analyse(args.model, Path(split), args.per_task)
+    text = table(counts)
+    print(text)
+    if args.out:
+        Path(f"{args.out}.md").write_text(text + "\n")
+        Path(f"{args.out}.json").write_text(json.dumps(counts, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
