@@ -75,7 +75,7 @@ class DemoRecipe:
     ar_lr: float = 1e-3
     # a second AR cycle (warm-up, cosine) at half the lr: on the previous (Qwen2.5-VL) demo, `ar`
     # accuracy went from 30.0% to 37.3% on 20 validation items per task; 2000 steps rather than 1000
-    # since 1000 more steps on the shipped AR base lifted its validation mean from 49.1% to 55.4%
+    # since 1000 more steps on the shipped AR base lifted its validation mean from 49.1% to 55.3%
     ar_restart_steps: int = 2000
     ar_restart_lr: float = 5e-4
     convert_steps: int = 500
