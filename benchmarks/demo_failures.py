@@ -27,7 +27,7 @@ from benchmarks.demo_versions import split_at
 from fast_dvlm import load
 from fast_dvlm.data import get_task
 from fast_dvlm.data.task import DEMO_SIDE, ChoiceTask, Task
-from fast_dvlm.eval.accuracy import first_question
+from fast_dvlm.demo.vision_pretrain import read_scenes
 
 OPTION = re.compile(r"\b([A-D])\. (\S+)")
 
@@ -55,30 +55,29 @@ def classify(task: Task, question: str, answer: str, key: str, others: set[str])
             row["content right"], row["letter agrees"] = int(reading[0]), int(reading[1])
     elif task.name == "presence":
         row["said yes"] = int(task.score(answer, "yes"))
-    elif not right and others - {key}:  # one question per image: nothing to bind wrongly to
-        row["bound wrong"] = int(any(task.score(answer, other) for other in others - {key}))
+    elif not right and (others := others - {key}):  # one question per image: nothing to bind to
+        row["bound wrong"] = int(any(task.score(answer, other) for other in others))
     return row
 
 
 def analyse(model: str, split: Path, per_task: int | None) -> dict[str, dict[str, int]]:
     """Counts per task: items, right, and the sorts of wrong answers described above."""
     vlm = load(model)
-    records, seen = [], defaultdict(int)
-    for record in json.loads(split.read_text()):
-        seen[record["task"]] += 1
-        if per_task is None or seen[record["task"]] <= per_task:
-            records.append(record)
+    scenes, seen = [], defaultdict(int)
+    for scene in read_scenes(split):
+        seen[scene.task] += 1
+        if per_task is None or seen[scene.task] <= per_task:
+            scenes.append(scene)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for record in tqdm(records, desc=str(model)):
-        task, question = get_task(record["task"]), first_question(record)
-        answer = vlm.generate(question, [split.parent / record["image"]], "ar", 128).text
-        others = {q["key"] for q in record.get("questions", [])[1:]}
-        for name, count in classify(task, question, answer, record["key"], others).items():
-            counts[task.name][name] += count
+    for scene in tqdm(scenes, desc=str(model)):
+        (question, key), others = scene.questions[0], {k for _, k in scene.questions[1:]}
+        answer = vlm.generate(question, [scene.image], "ar", 128).text
+        for name, count in classify(get_task(scene.task), question, answer, key, others).items():
+            counts[scene.task][name] += count
     return {name: dict(row) for name, row in counts.items()}
 
 
-def table(counts: dict[str, dict[str, float]]) -> str:
+def table(counts: dict[str, dict[str, int]]) -> str:
     def share(row: dict, part: str, whole: str) -> str:
         return f"{100.0 * row[part] / row[whole]:.0f}%" if part in row and row.get(whole) else "-"
 
