@@ -5,8 +5,9 @@ converted model with `ar`, `diffusion` at three thresholds and both self-specula
 the lean path with the drafting policy; the `-before` rows run `ar` and the speculative modes as
 they ran before issue 18 (transformers' forward, the whole block verified), for a before/after
 comparison within one run. Items are interleaved across modes, so machine noise hits every mode
-alike; each mode answers the first item once, untimed, before the run (which also measures the
-pass-cost model where this machine has none on disk).
+alike; each mode answers the first item once, untimed, before the run. `fast-dvlm bench` measures the
+pass-cost model afresh before the run (a bench runs alone), so the policy and the ceiling read the
+machine as it is now, and later runs read that curve from disk.
 
 The ceiling of a mode is the tokens/s it would reach, at its tokens per pass, if every pass cost
 what a 1-token pass costs (the pass-cost model's 1-token time): `tokens_per_nfe / cost(1)`.
