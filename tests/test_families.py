@@ -108,3 +108,19 @@ def test_embedding_many_samples_at_once_equals_one_by_one(tiny_vlms, family_name
     for a, b in zip(together, alone, strict=True):
         torch.testing.assert_close(a.inputs_embeds, b.inputs_embeds, rtol=1e-5, atol=1e-5)
         assert torch.equal(a.position_ids, b.position_ids)
+
+
+def test_fast_vlm_tower_runs_channels_last_with_the_same_visual_tokens(tiny_vlms, images):
+    """The FastViT tower gets its pixels channels-last (faster convolutions); its visual tokens must be
+    those of the processor's own layout, as transformers' `generate` computes them."""
+    vlm = tiny_vlms["fast_vlm"]
+    batch = encode_prompt(vlm.processor, "Compare them.", images[:2])
+    pixels = vlm.family.vision_pixels(batch["pixel_values"])
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
+    assert not batch["pixel_values"].is_contiguous(memory_format=torch.channels_last)
+    tower = vlm.model.model
+    with torch.no_grad():
+        ours = tower.get_image_features(pixels, return_dict=True).pooler_output
+        reference = tower.get_image_features(batch["pixel_values"], return_dict=True).pooler_output
+    assert reference.abs().max() > 0.1  # a scale at which the tolerance below means something
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)

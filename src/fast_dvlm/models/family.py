@@ -78,6 +78,10 @@ class Family(ABC):
         """The processor saved next to a checkpoint of this family."""
         return AutoProcessor.from_pretrained(path, local_files_only=True)
 
+    def vision_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The processor's pixels in the layout the family's vision tower runs fastest on."""
+        return pixel_values
+
     def init_tiny_weights(self, model: PreTrainedModel) -> None:  # noqa: B027 (optional hook)
         """Fix up a freshly built tiny model's initialisation where transformers' own is unsuitable."""
 
