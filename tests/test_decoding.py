@@ -7,6 +7,7 @@ import torch
 
 from fast_dvlm import FastDVLMError
 from fast_dvlm.decoding import DecodeOptions
+from fast_dvlm.decoding.cost import PassCost
 from fast_dvlm.decoding.diffusion import BlockDiffusionDecoder
 from fast_dvlm.decoding.spec_linear import accepted_length
 
@@ -65,8 +66,11 @@ def test_diffusion_with_unit_blocks_is_ar(tiny_vlms, family_name, images):
         ("spec-quadratic", {"block_size": 4, "sub_block_size": 1}),
     ],
 )
-def test_cache_equals_recompute(tiny_vlms, family_name, images, mode, settings):
-    """The KV cache holds exactly what a fresh causal pass over the committed prefix computes."""
+def test_cache_equals_recompute(tiny_vlms, family_name, images, mode, settings, monkeypatch):
+    """The KV cache holds exactly what a fresh causal pass over the committed prefix computes. Both
+    runs read one pass-cost curve (each engine has its own), so the drafting policy chooses alike."""
+    curve = PassCost((1, 8, 32), (1.0, 1.5, 2.5))
+    monkeypatch.setattr(PassCost, "of", classmethod(lambda cls, session, refresh=False: curve))
     vlm = tiny_vlms[family_name]
     cached = vlm.generate("Which one?", images, mode, 20, **settings)
     fresh = vlm.generate("Which one?", images, mode, 20, **settings, use_cache=False)
@@ -81,9 +85,13 @@ def test_nfe_accounting(tiny_vlms, images, mode):
     out = vlm.generate("Count.", images[:1], mode, 33, block_size=4, sub_block_size=4)
     assert ar.nfe == len(ar.token_ids)
     assert out.nfe == 1 + sum(step.passes for step in out.trace)  # the prefill, then every step's passes
-    # linear: draft + verify per block; quadratic: one pass per block, plus the first draft
-    expected_passes = [2] * len(out.trace) if mode == "spec-linear" else [2] + [1] * (len(out.trace) - 1)
-    assert [step.passes for step in out.trace] == expected_passes
+    # linear: draft + verify per block, or one AR pass for one token where the policy drafts nothing;
+    # quadratic: one pass per block, plus the first draft
+    if mode == "spec-linear":
+        assert all(step.passes == 2 or (step.passes, step.tokens) == (1, 1) for step in out.trace)
+        assert out.trace[0].passes == 2  # the first step has no history: it drafts
+    else:
+        assert [step.passes for step in out.trace] == [2] + [1] * (len(out.trace) - 1)
     assert sum(step.tokens for step in out.trace) + 1 >= len(out.token_ids)
     assert out.nfe <= ar.nfe + len(out.trace)  # never more than AR plus one pass per block
     assert all(1 <= step.tokens <= 4 for step in out.trace)

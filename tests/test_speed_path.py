@@ -134,10 +134,11 @@ def test_drafts_worth_verifying():
 def test_draft_length():
     curve = PassCost((1, 8, 16, 32), (1.0, 1.2, 1.5, 2.5))  # a CPU-like curve: 32 tokens cost 2.5x one
     assert draft_length([], 1, 32, curve) == 32  # the first step drafts the whole block
-    assert draft_length([0, 0], 1, 32, curve) == 8  # nothing is accepted: the cheapest draft
+    assert draft_length([0, 0], 1, 32, curve) == 0  # nothing is accepted: no draft, one AR pass
+    assert draft_length([2, 2], 1, 32, curve) == 8  # a few tokens a step: the cheapest draft
     assert draft_length([40, 40], 1, 32, curve) == 32  # long runs: the whole block
     assert draft_length([40], 1, 4, curve) == 4  # never past the block size
-    assert draft_length([0], 9, 32, curve) == 10  # room for every pending token and a draft
+    assert draft_length([2], 9, 32, flat()) == 20  # past the 9 pending tokens: 10 (1 draft), 20, 32
     assert draft_length([40], 1, 32, flat()) == 32  # where passes cost alike, the longest that is used
     assert draft_length([10, 10], 1, 32, flat()) == 16
 
@@ -149,6 +150,7 @@ def test_shared_pass_cost_is_each_answers_share_of_the_batched_pass():
     assert curve.shared(8)(32) == pytest.approx((2.5 + (256 - 32) * (1.0 / 16)) / 8)  # extrapolated
     assert draft_length([10, 10], 1, 32, curve) == 16
     assert draft_length([10, 10], 1, 32, curve.shared(8)) == 8  # beside 7 others, long drafts are dear
+    assert draft_length([2, 2], 1, 32, curve.shared(8)) == 0  # and short runs decode fastest as AR
 
 
 def test_batched_answers_weigh_their_share_of_the_pass(tiny_vlms, images, monkeypatch):
@@ -166,6 +168,25 @@ def test_batched_answers_weigh_their_share_of_the_pass(tiny_vlms, images, monkey
     batched = vlm.generate_batch(prompts, [images[:1]] * 5, "spec-linear", 24)
     assert [b.token_ids for b in batched] == alone
     assert max(rows) == 5 and set(rows) <= {1, 2, 3, 4, 5}
+
+
+def test_answers_take_ar_steps_where_drafts_do_not_pay_and_retry_drafts(tiny_vlms, images, monkeypatch):
+    """On a cost curve where every drafted token is dear, a step drafts nothing once the answer's
+    history says drafts are not kept (one 1-token pass, one token); after `AR_RUN` such steps in a row
+    a draft is tried again. The answer stays greedy AR's."""
+    from fast_dvlm.decoding import spec_linear
+
+    vlm = tiny_vlms["qwen2_5_vl"]
+    monkeypatch.setattr(spec_linear, "answer_pass_cost", lambda session: PassCost((1, 64), (1.0, 64.0)))
+    out = vlm.generate("Describe.", images[:1], "spec-linear", 40)
+    assert out.token_ids == vlm.generate("Describe.", images[:1], "ar", 40).token_ids
+    steps = [(t.tokens, t.passes) for t in out.trace]
+    assert steps[0][1] == 2  # the first step has no history: a whole-block draft and its verify pass
+    ar_steps = [k for k, step in enumerate(steps) if step == (1, 1)]
+    assert len(ar_steps) >= spec_linear.AR_RUN
+    drafts_after_ar = [k for k in range(1, len(steps)) if steps[k][1] == 2 and steps[k - 1] == (1, 1)]
+    if len(steps) > spec_linear.AR_RUN + 1:
+        assert drafts_after_ar and drafts_after_ar[0] == 1 + spec_linear.AR_RUN  # 8 AR steps, then a draft
 
 
 def test_first_drafts_are_sized_by_earlier_answers_first_steps(tiny_vlms, images, monkeypatch):

@@ -11,8 +11,10 @@ cost curve is flat), never past the step's budget or a drafted stop token.
 The draft itself is sized the same way: a draft pass costs what its length costs, so each step drafts
 the block of 8, 16, 32, ... (up to the block size) with the most expected tokens per second, the
 expectation over the accepted counts of the answer's earlier steps (for its first step, those of
-recent answers' first steps, where the decoder has seen any). Where answers decode together in one
-batched pass, each weighs its share of that pass (`PassCost.shared`), so batches draft shorter.
+recent answers' first steps, where the decoder has seen any), or drafts nothing and takes one AR
+step where that is faster still: where little is accepted, or where answers decode together in one
+batched pass and each weighs its share of it (`PassCost.shared`): beside 7 others, a 1-token pass
+costs an eighth of an 8-token one, so short answers decode fastest as plain AR.
 
 `draft_policy="fixed"` verifies the whole block, as the algorithms in SPEC.md state them. Neither
 changes what is committed: only the verified prefix is kept, and it is exactly greedy AR.
@@ -67,10 +69,11 @@ def draft_length(accepted: Sequence[int], pending: int, block_size: int, cost: C
     """Tokens to draft this step (pending ones included): the block size with no `accepted` counts
     to go by; else, of 8, 16, 32, ... up to the block size, the one with the most expected tokens
     per second, the expectation taken over the `accepted` counts (a draft of d tokens keeps at most
-    d - pending of them; a count that filled its whole draft is recorded doubled, as it was cut)."""
+    d - pending of them; a count that filled its whole draft is recorded doubled, as it was cut);
+    0 where one AR pass over the pending tokens (one token per pass) beats them all."""
     if not accepted:
         return block_size
-    best, best_rate, size = block_size, 0.0, SHORTEST_DRAFT
+    best, best_rate, size = 0, 1.0 / cost(pending), SHORTEST_DRAFT
     while True:
         size = min(max(size, pending + 1), block_size)
         room = size - pending

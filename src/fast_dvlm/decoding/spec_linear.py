@@ -9,10 +9,11 @@ import torch
 
 from .base import DecodeOptions, Decoder, DecodeState, Passes
 from .cost import answer_pass_cost
-from .policy import draft_length, drafts_worth_verifying, verify_count
+from .policy import SHORTEST_DRAFT, draft_length, drafts_worth_verifying, verify_count
 from .session import Session
 
 FIRST_STEPS_KEPT = 32
+AR_RUN = 8  # AR steps an answer takes in a row before it tries a draft again (its text may turn predictable)
 
 
 def accepted_length(draft: torch.Tensor, ar: torch.Tensor) -> int:
@@ -25,13 +26,15 @@ class SpecLinearDecoder(Decoder):
     """The model drafts a whole block in one bidirectional pass, then checks it as an AR model in
     one causal pass. The confirmed prefix plus the first AR correction are committed, so the output
     is exactly the model's greedy AR output, in fewer passes. With `draft_policy="auto"` the causal
-    pass checks only the drafts worth checking (policy.py); nothing else changes."""
+    pass checks only the drafts worth checking, and a step drafts nothing (one AR pass) where that is
+    faster (policy.py); nothing else changes."""
 
     name = "spec-linear"
 
     @dataclass
     class State(DecodeState):
         accepted: list[int] = field(default_factory=list)  # drafts each step kept (doubled: all kept)
+        ar_run: int = 0  # AR steps taken in a row since the last draft
 
     def __init__(self, options: DecodeOptions) -> None:
         super().__init__(options)
@@ -44,13 +47,24 @@ class SpecLinearDecoder(Decoder):
         if self.sizes_steps:
             history = state.accepted or list(self.first_steps)
             size = draft_length(history, p, size, answer_pass_cost(session))
+            if size == 0 and state.ar_run < AR_RUN:
+                state.ar_run += 1
+                return (yield from ar_step(self, session))
+            size = size or min(max(SHORTEST_DRAFT, p + 1), self.options.block_size)
+            state.ar_run = 0
         committed = yield from draft_and_verify(self, session, budget, size)
         kept = len(committed) - 1
         record = 2 * kept if kept >= size - p else kept
-        if not state.accepted:
+        if not state.trace:  # the answer's first step
             self.first_steps.append(record)
         state.accepted.append(record)
         return committed
+
+
+def ar_step(decoder: Decoder, session: Session) -> Passes:
+    """One AR pass over the pending tokens: the next token, exactly as `ar` decodes it."""
+    ar = yield from decoder.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
+    return [int(ar[0].argmax())]
 
 
 def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int | None = None) -> Passes:
@@ -60,8 +74,7 @@ def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int 
     size = decoder.options.block_size if size is None else size
     auto = decoder.sizes_steps
     if auto and budget <= 1:  # no draft could be used: the step is one AR pass
-        ar = yield from decoder.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
-        return [int(ar[0].argmax())]
+        return (yield from ar_step(decoder, session))
     draft = decoder.masked_block(session.pending, session.device, size)
     logits = (yield from decoder.denoise_logits(session, draft))[p - 1 :]  # [B - p, V]: the drafted positions
     draft[p:] = logits.argmax(-1)  # stays on the device
