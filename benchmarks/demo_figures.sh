@@ -3,14 +3,17 @@
 # README quotes them. Run it with nothing else on the machine (each study sets its own threads where
 # it has a flag; the rest use OMP_NUM_THREADS, 2 by default):
 #
-#     bash benchmarks/demo_figures.sh [VERSIONS_REV [PREFILL_REV]] > runs/demo_figures.log 2>&1
+#     bash benchmarks/demo_figures.sh [VERSIONS_REV [PREFILL_REV [DEMO_WORKDIR]]] > runs/demo_figures.log 2>&1
 #
 # VERSIONS_REV is the commit whose demo AR base the new one's accuracy is compared against
 # (demo_versions: the FastVLM demo before the reading pretext), PREFILL_REV the one whose prefill
-# cost is (demo_prefill: the Qwen2.5-VL demo). A failing study is reported and the next one still runs.
+# cost is (demo_prefill: the Qwen2.5-VL demo), DEMO_WORKDIR the `make-demo` work directory the shipped
+# demo came from (its training split, for the failure analysis on training images; skipped where it is
+# absent). A failing study is reported and the next one still runs.
 set -u
 OLD=${1:-b4bbfea}
 OLD_PREFILL=${2:-e76036a}
+DEMO_WORKDIR=${3:-runs/demo3}
 R=benchmarks/results
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 failed=()
@@ -22,6 +25,12 @@ step fast-dvlm bench --json $R/bench_demo.json --plot $R/bench_demo.png
 step python -m benchmarks.demo_versions --old-rev "$OLD" --split val --out $R/demo_versions_val
 step python -m benchmarks.demo_versions --old-rev "$OLD" --split test --out $R/demo_versions_test
 step python -m benchmarks.demo_failures --split val --out $R/demo_failures_val
+if [ -f "$DEMO_WORKDIR/data/train.json" ]; then
+    step python -m benchmarks.demo_failures --split-file "$DEMO_WORKDIR/data/train.json" --per-task 60 \
+        --out $R/demo_failures_train
+else
+    echo "== skipped: the failure analysis on training images ($DEMO_WORKDIR/data/train.json not found)"
+fi
 step python -m benchmarks.demo_prefill --old-rev "$OLD_PREFILL" --out $R/demo_prefill
 step python benchmarks/ttft.py --recost $R/ttft.json
 step python benchmarks/batch_decode.py --per-task 8 --repeats 3 --json $R/batch_decode.json
