@@ -10,6 +10,11 @@
 # cost is (demo_prefill: the Qwen2.5-VL demo), DEMO_WORKDIR the `make-demo` work directory the shipped
 # demo came from (its training split, for the failure analysis on training images; skipped where it is
 # absent). A failing study is reported and the next one still runs.
+#
+# The studies import the package as it is on disk when each starts, and bash reads this script as it
+# goes: to keep editing while it runs, run it from a worktree of the commit being measured
+# (`git worktree add ../fig HEAD && cd ../fig && ln -s "$OLDPWD/runs" runs && PYTHONPATH=src bash
+# benchmarks/demo_figures.sh ...`), then copy its benchmarks/results back.
 set -u
 OLD=${1:-b4bbfea}
 OLD_PREFILL=${2:-e76036a}
