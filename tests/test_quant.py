@@ -351,3 +351,15 @@ def test_native_torchao_path_writes_the_same_checkpoint(monkeypatch, tmp_path):
         assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), key
     configs = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("native", "emulated")]
     assert configs[0]["quantization_config"] == configs[1]["quantization_config"]
+
+
+def test_an_fp8_model_gets_its_own_pass_cost_curve():
+    """The pass-cost key tells an FP8-emulated model from the unquantised one of the same shape, so
+    `fast-dvlm bench` on the FP8 copy does not overwrite the original's curve (it once did)."""
+    from fast_dvlm.decoding.cost import cost_key
+    from fast_dvlm.decoding.session import Session
+
+    plain, quantised = fresh_vlm(), quantize(fresh_vlm(), "fp8-w8a8", emulate=True)  # as loaded apart
+    key = cost_key(Session(plain.model, plain.family))
+    assert cost_key(Session(quantised.model, quantised.family)) != key
+    assert cost_key(Session(fresh_vlm().model, plain.family)) == key  # the same shape and layers: shared

@@ -187,6 +187,8 @@ def test_answers_take_ar_steps_where_drafts_do_not_pay_and_retry_drafts(tiny_vlm
     drafts_after_ar = [k for k in range(1, len(steps)) if steps[k][1] == 2 and steps[k - 1] == (1, 1)]
     if len(steps) > spec_linear.AR_RUN + 1:
         assert drafts_after_ar and drafts_after_ar[0] == 1 + spec_linear.AR_RUN  # 8 AR steps, then a draft
+    if len(steps) > spec_linear.AR_RUN + 2:
+        assert steps[spec_linear.AR_RUN + 2] == (1, 1)  # and the run of AR steps starts again
 
 
 def test_first_drafts_are_sized_by_earlier_answers_first_steps(tiny_vlms, images, monkeypatch):

@@ -123,11 +123,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     converted = models["converted"]
     # measured afresh: a curve cached while other work loaded the machine would skew both the
     # drafting policy and the ceiling column (seen: a 1-token pass cached at 3.3 ms, 2.2 ms alone)
-    one_token = model_pass_cost(converted.model, converted.family, refresh=True).seconds[0]
+    pass_cost = model_pass_cost(converted.model, converted.family, refresh=True)
     scores = run_bench(
         models, split, args.per_task, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
     )
-    result = report(scores, f"{args.model} (AR base: {args.base})", one_token)
+    result = report(scores, f"{args.model} (AR base: {args.base})", pass_cost.seconds[0])
+    result["pass_cost_ms"] = {n: 1000 * t for n, t in zip(pass_cost.sizes, pass_cost.seconds, strict=True)}
     print(markdown(result))
     if args.json:
         write_json(result, args.json)

@@ -6,7 +6,8 @@ in `SIZES` (interpolated between them, extrapolated linearly past the last), eac
 `REPEATS` timed passes after a warm-up. It is measured once per machine and model shape, kept on
 disk under `$FAST_DVLM_CACHE_DIR` (default `~/.cache/fast_dvlm`) as `pass_cost/<key>.json`, and kept
 in memory for the process. The key names the machine (CPU model, device, torch threads) and the
-model's shape (text config, dtype, device, engine), not its weights, which do not change the cost.
+model's shape (text config, layer kinds, dtype, device, engine), not its weights, which do not change
+the cost.
 Refresh with `PassCost.of(session, refresh=True)` or by deleting the file; measuring takes
 `len(SIZES) * (REPEATS + 1)` passes (well under a second on the demo model).
 """
@@ -126,7 +127,9 @@ def cost_key(session: Session) -> str:
     shape = {
         k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool, list)) or v is None
     }
-    text = json.dumps([machine(), memo[1], memo[2], memo[3], shape], sort_keys=True)
+    # the layer kinds tell apart models of one shape whose passes cost differently (FP8-emulated linears)
+    kinds = sorted({type(module).__name__ for module in session.text_model.modules()})
+    text = json.dumps([machine(), memo[1], memo[2], memo[3], shape, kinds], sort_keys=True)
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     _KEYS[memo] = (config, key)
     return key

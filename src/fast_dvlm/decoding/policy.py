@@ -14,7 +14,8 @@ expectation over the accepted counts of the answer's earlier steps (for its firs
 recent answers' first steps, where the decoder has seen any), or drafts nothing and takes one AR
 step where that is faster still: where little is accepted, or where answers decode together in one
 batched pass and each weighs its share of it (`PassCost.shared`): beside 7 others, a 1-token pass
-costs an eighth of an 8-token one, so short answers decode fastest as plain AR.
+costs an eighth of an 8-token one, so short answers decode fastest as plain AR. (A round pads every
+row to its longest pass, so that saving is whole only where the round's rows all take AR steps.)
 
 `draft_policy="fixed"` verifies the whole block, as the algorithms in SPEC.md state them. Neither
 changes what is committed: only the verified prefix is kept, and it is exactly greedy AR.

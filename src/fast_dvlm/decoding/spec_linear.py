@@ -55,7 +55,7 @@ class SpecLinearDecoder(Decoder):
         committed = yield from draft_and_verify(self, session, budget, size)
         kept = len(committed) - 1
         record = 2 * kept if kept >= size - p else kept
-        if not state.trace:  # the answer's first step
+        if not state.accepted:  # the answer's first draft (AR steps before it record nothing)
             self.first_steps.append(record)
         state.accepted.append(record)
         return committed
