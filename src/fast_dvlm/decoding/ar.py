@@ -11,5 +11,4 @@ class ARDecoder(Decoder):
     needs_mask_token = False
 
     def step(self, session: Session, state: DecodeState, budget: int) -> Passes:
-        logits = yield from self.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
-        return [int(logits.argmax())]
+        return (yield from self.next_token(session))

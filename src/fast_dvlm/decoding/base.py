@@ -183,6 +183,11 @@ class Decoder(ABC):
             mask = self.block_mask(session, Tokens.make(CLEAN, seq, 0))
         return (yield Pass(block, seq, mask, rows))
 
+    def next_token(self, session: Session) -> Passes:
+        """One causal pass over the pending tokens: the greedy next token, as `ar` decodes every one."""
+        logits = yield from self.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
+        return [int(logits.argmax())]
+
     def masked_block(
         self, known: list[int], device: torch.device | str = "cpu", size: int | None = None
     ) -> torch.Tensor:

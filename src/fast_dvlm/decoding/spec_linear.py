@@ -49,7 +49,7 @@ class SpecLinearDecoder(Decoder):
             size = draft_length(history, p, size, answer_pass_cost(session))
             if size == 0 and state.ar_run < AR_RUN:
                 state.ar_run += 1
-                return (yield from ar_step(self, session))
+                return (yield from self.next_token(session))
             size = size or min(max(SHORTEST_DRAFT, p + 1), self.options.block_size)
             state.ar_run = 0
         committed = yield from draft_and_verify(self, session, budget, size)
@@ -61,12 +61,6 @@ class SpecLinearDecoder(Decoder):
         return committed
 
 
-def ar_step(decoder: Decoder, session: Session) -> Passes:
-    """One AR pass over the pending tokens: the next token, exactly as `ar` decodes it."""
-    ar = yield from decoder.causal_logits(session, session.ids(session.pending), rows=slice(-1, None))
-    return [int(ar[0].argmax())]
-
-
 def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int | None = None) -> Passes:
     """One linear self-speculation step after the `p` pending tokens (p = 1: the seed), drafting a
     block of `size` tokens (default: the block size)."""
@@ -74,7 +68,7 @@ def draft_and_verify(decoder: Decoder, session: Session, budget: int, size: int 
     size = decoder.options.block_size if size is None else size
     auto = decoder.sizes_steps
     if auto and budget <= 1:  # no draft could be used: the step is one AR pass
-        return (yield from ar_step(decoder, session))
+        return (yield from decoder.next_token(session))
     draft = decoder.masked_block(session.pending, session.device, size)
     logits = (yield from decoder.denoise_logits(session, draft))[p - 1 :]  # [B - p, V]: the drafted positions
     draft[p:] = logits.argmax(-1)  # stays on the device
