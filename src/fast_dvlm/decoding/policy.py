@@ -66,6 +66,12 @@ def drafts_worth_verifying(drafts: Sequence[int], stop_ids: frozenset[int], budg
     return max(most, 0)
 
 
+def fit_draft(size: int, pending: int, block_size: int) -> int:
+    """A draft of about `size` tokens that leaves room for one beyond the pending ones and stays
+    within the block."""
+    return min(max(size, pending + 1), block_size)
+
+
 def draft_length(accepted: Sequence[int], pending: int, block_size: int, cost: Callable[[int], float]) -> int:
     """Tokens to draft this step (pending ones included): the block size with no `accepted` counts
     to go by; else, of 8, 16, 32, ... up to the block size, the one with the most expected tokens
@@ -76,7 +82,7 @@ def draft_length(accepted: Sequence[int], pending: int, block_size: int, cost: C
         return block_size
     best, best_rate, size = 0, 1.0 / cost(pending), SHORTEST_DRAFT
     while True:
-        size = min(max(size, pending + 1), block_size)
+        size = fit_draft(size, pending, block_size)
         room = size - pending
         kept = sum(min(a, room) for a in accepted) / len(accepted)
         rate = (kept + 1) / (cost(size) + cost(pending + min(room, round(kept) + MARGIN)))

@@ -9,7 +9,7 @@ import torch
 
 from .base import DecodeOptions, Decoder, DecodeState, Passes
 from .cost import answer_pass_cost
-from .policy import SHORTEST_DRAFT, draft_length, drafts_worth_verifying, verify_count
+from .policy import SHORTEST_DRAFT, draft_length, drafts_worth_verifying, fit_draft, verify_count
 from .session import Session
 
 FIRST_STEPS_KEPT = 32
@@ -50,7 +50,7 @@ class SpecLinearDecoder(Decoder):
             if size == 0 and state.ar_run < AR_RUN:
                 state.ar_run += 1
                 return (yield from self.next_token(session))
-            size = size or min(max(SHORTEST_DRAFT, p + 1), self.options.block_size)
+            size = size or fit_draft(SHORTEST_DRAFT, p, self.options.block_size)  # the retry: the shortest
             state.ar_run = 0
         committed = yield from draft_and_verify(self, session, budget, size)
         kept = len(committed) - 1
