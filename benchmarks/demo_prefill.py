@@ -38,9 +38,8 @@ def measure(vlm: DiffusionVLM, split: Path, per_task: int) -> dict:
     for k, item in enumerate(tested):
         batch = encode_prompt(vlm.processor, item.question, [item.image])
         pixels = {key: value for key, value in batch.items() if key.startswith(("pixel", "image_grid"))}
-        pixels["pixel_values"] = vlm.family.vision_pixels(pixels["pixel_values"])  # as decoding runs it
         started = time.perf_counter()
-        vlm.model.model.get_image_features(**pixels)
+        vlm.family.image_features(vlm.model, pixels)  # as decoding runs it (the layout included)
         tower_seconds = time.perf_counter() - started
         out = vlm.generate(item.question, [item.image], "ar", max_new_tokens=1)
         if k:  # the first item warms up

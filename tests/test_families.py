@@ -110,7 +110,7 @@ def test_embedding_many_samples_at_once_equals_one_by_one(tiny_vlms, family_name
         assert torch.equal(a.position_ids, b.position_ids)
 
 
-def test_fast_vlm_tower_runs_channels_last_with_the_same_visual_tokens(tiny_vlms, images):
+def test_fast_vlm_tower_runs_channels_last_with_the_same_visual_tokens(tiny_vlms, images, monkeypatch):
     """The FastViT tower gets its pixels channels-last (faster convolutions); its visual tokens must be
     those of the processor's own layout, as transformers' `generate` computes them."""
     vlm = tiny_vlms["fast_vlm"]
@@ -118,9 +118,16 @@ def test_fast_vlm_tower_runs_channels_last_with_the_same_visual_tokens(tiny_vlms
     pixels = vlm.family.vision_pixels(batch["pixel_values"])
     assert pixels.is_contiguous(memory_format=torch.channels_last)
     assert not batch["pixel_values"].is_contiguous(memory_format=torch.channels_last)
-    tower = vlm.model.model
+    tower, layouts = vlm.model.model.get_image_features, []
+
+    def seen(pixel_values, **kwargs):
+        layouts.append(pixel_values.is_contiguous(memory_format=torch.channels_last))
+        return tower(pixel_values, **kwargs)
+
     with torch.no_grad():
-        ours = tower.get_image_features(pixels, return_dict=True).pooler_output
-        reference = tower.get_image_features(batch["pixel_values"], return_dict=True).pooler_output
+        reference = tower(batch["pixel_values"], return_dict=True).pooler_output
+        monkeypatch.setattr(vlm.model.model, "get_image_features", seen)
+        ours = vlm.family.image_features(vlm.model, {"pixel_values": batch["pixel_values"]}).pooler_output
+    assert layouts == [True]  # the one way in to the tower, decoding's included, runs it channels-last
     assert reference.abs().max() > 0.1  # a scale at which the tolerance below means something
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)

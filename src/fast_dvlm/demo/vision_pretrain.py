@@ -61,8 +61,7 @@ def read_scenes(split_file: str | Path, first_only: bool = False) -> list[Scene]
 def visual_tokens(vlm: DiffusionVLM, images: list[Image.Image]) -> torch.Tensor:
     """Visual tokens `[B, N, D]` as the language model receives them; every image must give the same N."""
     pixels = vlm.processor.image_processor(images=images, return_tensors="pt")
-    pixels["pixel_values"] = vlm.family.vision_pixels(pixels["pixel_values"])
-    out = vlm.model.model.get_image_features(**pixels, return_dict=True)
+    out = vlm.family.image_features(vlm.model, dict(pixels))
     if len({f.shape[0] for f in out.pooler_output}) != 1:
         raise FastDVLMError("vision pre-training needs images of one size (one number of visual tokens)")
     return torch.stack(list(out.pooler_output))

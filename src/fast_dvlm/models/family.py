@@ -82,6 +82,13 @@ class Family(ABC):
         """The processor's pixels in the layout the family's vision tower runs fastest on."""
         return pixel_values
 
+    def image_features(self, model: PreTrainedModel, pixels: dict[str, torch.Tensor]) -> Any:
+        """The vision tower's output for the processor's image entries (`pixel_values` and, where the
+        family has them, `image_grid_thw`), run in the layout of `vision_pixels`: every caller, decoding,
+        stage 0 and the benchmarks, gets the tower as decoding runs it."""
+        pixels = pixels | {"pixel_values": self.vision_pixels(pixels["pixel_values"])}
+        return model.model.get_image_features(**pixels, return_dict=True)
+
     def init_tiny_weights(self, model: PreTrainedModel) -> None:  # noqa: B027 (optional hook)
         """Fix up a freshly built tiny model's initialisation where transformers' own is unsuitable."""
 

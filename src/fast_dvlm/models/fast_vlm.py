@@ -57,8 +57,7 @@ class FastVlmFamily(Family):
         with_images = [b["pixel_values"] for b in batches if b.get("pixel_values") is not None]
         features = None
         if with_images:
-            pixels = self.vision_pixels(torch.cat(with_images))
-            features = model.model.get_image_features(pixels, return_dict=True).pooler_output
+            features = self.image_features(model, {"pixel_values": torch.cat(with_images)}).pooler_output
         out, taken = [], 0
         for batch in batches:
             input_ids = batch["input_ids"]

@@ -96,10 +96,9 @@ class QwenVLFamily(Family):
         with_images = [b for b in batches if b.get("pixel_values") is not None]
         per_image: list[list[torch.Tensor]] = []  # [image][0: features, 1..: DeepStack features per layer]
         if with_images:
-            vision = model.model.get_image_features(
-                torch.cat([b["pixel_values"] for b in with_images]),
-                torch.cat([b["image_grid_thw"] for b in with_images]),
-                return_dict=True,
+            vision = self.image_features(
+                model,
+                {key: torch.cat([b[key] for b in with_images]) for key in ("pixel_values", "image_grid_thw")},
             )
             deepstack = getattr(vision, "deepstack_features", None) or []
             per_image = [list(parts) for parts in zip(vision.pooler_output, *deepstack, strict=True)]
