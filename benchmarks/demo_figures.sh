@@ -36,6 +36,7 @@ if [ -f "$DEMO_WORKDIR/data/train.json" ]; then
 else
     echo "== skipped: the failure analysis on training images ($DEMO_WORKDIR/data/train.json not found)"
 fi
+step python -m benchmarks.binding_study --out $R/binding_study
 step python -m benchmarks.demo_prefill --old-rev "$OLD_PREFILL" --out $R/demo_prefill
 step python benchmarks/ttft.py --recost $R/ttft.json
 step python benchmarks/batch_decode.py --per-task 8 --repeats 3 --json $R/batch_decode.json
