@@ -32,7 +32,6 @@ import json
 import random
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ from fast_dvlm.data import get_task
 from fast_dvlm.data.draw import COLOURS
 from fast_dvlm.demo.recipe import DemoRecipe, ar_config
 from fast_dvlm.demo.vision_pretrain import visual_tokens
-from fast_dvlm.eval.accuracy import mean_accuracy, read_items, score_answers
+from fast_dvlm.eval.accuracy import Item, mean_accuracy, read_items, score_answers
 from fast_dvlm.prompt import Messages
 from fast_dvlm.train.trainer import convert
 from fast_dvlm.vlm import DiffusionVLM, load
@@ -58,27 +57,22 @@ ARMS = ("lm", "tower-first", "lm-all-tasks", "tower-first-all-tasks", "question-
 DEFAULT_ARMS = ARMS[:4]
 
 
-@dataclass(frozen=True)
-class Question:
-    image: Path
-    text: str
-    answer: str
-
-    def colours(self) -> tuple[int, int]:
-        """The indices of the two colours the question names (subject, reference)."""
-        match = QUESTION.fullmatch(self.text)
-        if match is None:
-            raise ValueError(f"not a spatial question: {self.text!r}")
-        return COLOUR_NAMES.index(match[1]), COLOUR_NAMES.index(match[2])
+def colours(question: str) -> tuple[int, int]:
+    """The indices of the two colours a spatial question names (subject, reference)."""
+    match = QUESTION.fullmatch(question)
+    if match is None:
+        raise ValueError(f"not a spatial question: {question!r}")
+    return COLOUR_NAMES.index(match[1]), COLOUR_NAMES.index(match[2])
 
 
-def questions(split_file: Path, first_only: bool = False) -> list[Question]:
-    """The split's spatial questions (every question of each record, or each record's first)."""
+def questions(split_file: Path, first_only: bool = False) -> list[Item]:
+    """The split's spatial questions (every question of each record, or each record's first), as
+    `read_items` gives first questions."""
     out = []
     for record in json.loads(split_file.read_text()):
         if record["task"] == TASK:
             asked = record["questions"][:1] if first_only else record["questions"]
-            out += [Question(split_file.parent / record["image"], q["question"], q["key"]) for q in asked]
+            out += [Item(TASK, q["question"], q["key"], split_file.parent / record["image"]) for q in asked]
     return out
 
 
@@ -95,19 +89,15 @@ def training_file(split_file: Path, question_first: bool) -> Path:
     return path
 
 
-def prompt(question: Question, question_first: bool) -> Messages:
-    parts = [{"type": "image"}, {"type": "text", "text": question.text}]
+def prompt(item: Item, question_first: bool) -> Messages:
+    parts = [{"type": "image"}, {"type": "text", "text": item.question}]
     return [{"role": "user", "content": parts[::-1] if question_first else parts}]
 
 
-def accuracy(vlm: DiffusionVLM, held_out: list[Question], question_first: bool = False) -> float:
+def accuracy(vlm: DiffusionVLM, held_out: list[Item], question_first: bool = False) -> float:
     """Percent of `held_out` answered right, greedy `ar` decoding."""
-    score = get_task(TASK).score
-    right = sum(
-        score(vlm.generate(prompt(q, question_first), [q.image], "ar", 32).text, q.answer)
-        for q in tqdm(held_out, desc="scoring", leave=False)
-    )
-    return 100 * right / len(held_out)
+    scores = score_answers(held_out, lambda i: vlm.generate(prompt(i, question_first), [i.image], "ar", 32))
+    return mean_accuracy(scores)
 
 
 class ColourReadout(nn.Module):
@@ -128,7 +118,7 @@ class ColourReadout(nn.Module):
 
 
 def train_tower(
-    vlm: DiffusionVLM, train: list[Question], val: list[Question], steps: int, batch_size: int, seed: int
+    vlm: DiffusionVLM, train: list[Item], val: list[Item], steps: int, batch_size: int, seed: int
 ) -> list[dict]:
     """Train the vision tower and projector (not the language model) with a `ColourReadout` head on
     `train`; the head's validation accuracy every 100 steps."""
@@ -140,12 +130,12 @@ def train_tower(
     tower = [p for n, p in vlm.model.named_parameters() if not any(part in n for part in language)]
     optimizer = torch.optim.AdamW(tower + list(head.parameters()), lr=1e-3, weight_decay=0.01)
 
-    def logits(batch: list[Question]) -> torch.Tensor:
-        colours = torch.tensor([q.colours() for q in batch])
-        return head(visual_tokens(vlm, [images[q.image] for q in batch]), colours)
+    def logits(batch: list[Item]) -> torch.Tensor:
+        chosen = torch.tensor([colours(q.question) for q in batch])
+        return head(visual_tokens(vlm, [images[q.image] for q in batch]), chosen)
 
-    def labels(batch: list[Question]) -> torch.Tensor:
-        return torch.tensor([ANSWERS.index(q.answer) for q in batch])
+    def labels(batch: list[Item]) -> torch.Tensor:
+        return torch.tensor([ANSWERS.index(q.key) for q in batch])
 
     log, started = [], time.perf_counter()
     vlm.model.train()
@@ -182,7 +172,7 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
     val = questions(data / "val.json")
     start, result = args.base, {}
     if arm.startswith("tower-first"):
-        start = work / "tower"
+        start = work / f"tower-{args.head_steps}-steps-seed-{args.seed}"  # one per readout setting
         readout = start / "readout.json"
         if not readout.exists():  # one readout run serves both tower-first arms
             vlm = load(args.base)

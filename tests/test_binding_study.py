@@ -26,12 +26,13 @@ def test_every_spatial_question_names_two_colours_and_other_questions_are_refuse
     assert len(val) == 4  # two records, both questions of each
     assert len(binding_study.questions(split["val"], first_only=True)) == 2
     for q in val:
-        subject, reference = q.colours()
-        assert subject != reference and q.answer in binding_study.ANSWERS
+        subject, reference = binding_study.colours(q.question)
+        assert subject != reference and q.key in binding_study.ANSWERS and q.task == "spatial"
         names = binding_study.COLOUR_NAMES
-        assert q.text.startswith(f"Where is the {names[subject]} ") and f" the {names[reference]} " in q.text
+        assert q.question.startswith(f"Where is the {names[subject]} ")
+        assert f" the {names[reference]} " in q.question
     with pytest.raises(ValueError, match="not a spatial question"):
-        binding_study.Question(val[0].image, "What shape is labelled A?", "circle").colours()
+        binding_study.colours("What shape is labelled A?")
 
 
 @pytest.mark.parametrize("question_first", [False, True])
