@@ -125,7 +125,8 @@ class FastViTHD:
         return torch.randn(1, 3, side, side)  # [1, C, H, W], normalised pixels
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.model.get_image_features(pixels, return_dict=True).pooler_output[0]  # [n, D]
+        # through the family, in the layout decoding runs the tower in (channels-last)
+        return get_family("fast_vlm").image_features(self.model, {"pixel_values": pixels}).pooler_output[0]
 
 
 class QwenViT:
