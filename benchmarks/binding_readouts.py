@@ -42,7 +42,7 @@ from transformers import get_scheduler
 from fast_dvlm.data.draw import COLOURS, SHAPES
 from fast_dvlm.data.scenes import LETTERS
 from fast_dvlm.demo.recipe import DemoRecipe, ar_config
-from fast_dvlm.demo.vision_pretrain import Scene, read_scenes, visual_tokens
+from fast_dvlm.demo.vision_pretrain import Scene, read_scenes, vision_parameters, visual_tokens
 from fast_dvlm.eval.accuracy import mean_accuracy, read_items, score_answers
 from fast_dvlm.train.trainer import convert
 from fast_dvlm.vlm import DiffusionVLM, load
@@ -57,7 +57,6 @@ QUESTIONS = {
 }
 TASKS = tuple(QUESTIONS)
 ARMS = ("together", "curriculum", "ar")
-LANGUAGE = ("language_model", "lm_head", "embed_tokens")
 
 
 def binding(task: str, question: str, key: str) -> tuple[list[int], str]:
@@ -169,8 +168,8 @@ def train_readouts(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     readouts = Readouts(vlm, train)
-    tower = [p for n, p in vlm.model.named_parameters() if not any(part in n for part in LANGUAGE)]
-    optimizer = torch.optim.AdamW(tower + list(readouts.heads.parameters()), lr=lr, weight_decay=0.01)
+    trained = vision_parameters(vlm) + list(readouts.heads.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
     total = sum(steps for _, steps in schedule)
     scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=min(50, total // 10))
     by_task = {task: [s for s in train if s.task == task] for task in TASKS}
@@ -181,7 +180,7 @@ def train_readouts(
         for k in tqdm(range(steps), f"readouts, {phase}"):
             loss = readouts.loss(rng.sample(pool, batch_size))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(tower + list(readouts.heads.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
