@@ -19,8 +19,11 @@ base (`demo-ar`; the language model is untouched) on the five tasks. Arms:
 Readout accuracy on the validation split (each record's first question) is logged at the end of each
 phase and every `--eval-every` steps. With `--ar-steps N`, each arm's model is then trained N AR
 steps on the whole training split (every task, as the recipe's second cycle trains) and scored per
-task with `ar` decoding on the validation split's first questions. Each arm's results are kept in the
-work folder, so a rerun after a crash goes on with the arms not yet done.
+task with `ar` decoding on the validation split's first questions; `--ar-repeat spatial=5,...` gives
+the named tasks' records that many times per epoch (the language model needs many binding questions
+to learn to read a binding) and `--ar-freeze-tower` trains the language model only, keeping the
+binding the readouts put into the tower. Each arm's results are kept in the work folder, so a rerun
+after a crash goes on with the arms not yet done.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_scheduler
 
+from fast_dvlm.data import TASKS as DEMO_TASKS
 from fast_dvlm.data.draw import COLOURS, SHAPES
 from fast_dvlm.data.scenes import LETTERS
 from fast_dvlm.demo.recipe import DemoRecipe, ar_config
-from fast_dvlm.demo.vision_pretrain import Scene, read_scenes, vision_parameters, visual_tokens
+from fast_dvlm.demo.vision_pretrain import Scene, read_scenes, visual_tokens
 from fast_dvlm.eval.accuracy import mean_accuracy, read_items, score_answers
 from fast_dvlm.train.trainer import convert
 from fast_dvlm.vlm import DiffusionVLM, load
@@ -56,6 +60,7 @@ QUESTIONS = {
     "map": re.compile(r"Which city is in the (\w+) region\? (.*)"),
 }
 TASKS = tuple(QUESTIONS)
+ALL_TASKS = tuple(DEMO_TASKS)  # what the AR stage trains on
 ARMS = ("together", "curriculum", "ar")
 
 
@@ -168,7 +173,7 @@ def train_readouts(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     readouts = Readouts(vlm, train)
-    trained = vision_parameters(vlm) + list(readouts.heads.parameters())
+    trained = vlm.vision_parameters() + list(readouts.heads.parameters())
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
     total = sum(steps for _, steps in schedule)
     scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=min(50, total // 10))
@@ -191,6 +196,34 @@ def train_readouts(
                 log.append(row | {"val": readouts.accuracy(val)})
     vlm.model.eval()
     return log
+
+
+def parse_repeat(spec: str) -> dict[str, int]:
+    """`"spatial=5,chart=4"` -> `{"spatial": 5, "chart": 4}`: how many times an AR epoch holds each
+    named task's training records (every other task once)."""
+    repeat = {}
+    for item in filter(None, spec.split(",")):
+        task, _, times = item.partition("=")
+        if task not in ALL_TASKS or not times.isdigit() or int(times) < 1:
+            raise ValueError(
+                f"--ar-repeat item {item!r}: expected TASK=TIMES with TIMES >= 1 and TASK one of "
+                f"{', '.join(ALL_TASKS)}"
+            )
+        repeat[task] = int(times)
+    return repeat
+
+
+def repeated_split(train_file: Path, repeat: dict[str, int]) -> Path:
+    """The training split with each record of a task in `repeat` written that many times, next to
+    the split so its image paths still resolve (the trainer shuffles every epoch)."""
+    if not repeat:
+        return train_file
+    name = "-".join(f"{task}{times}" for task, times in sorted(repeat.items()))
+    out = train_file.with_name(f"{train_file.stem}-repeat-{name}.json")
+    if not out.exists():
+        records = json.loads(train_file.read_text())
+        out.write_text(json.dumps([r for r in records for _ in range(repeat.get(r["task"], 1))]))
+    return out
 
 
 def score(model: str | Path, val_file: Path) -> dict[str, float]:
@@ -221,11 +254,15 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
             (start / "readout.json").write_text(json.dumps({"schedule": schedule, "readout": log}, indent=1))
         result |= json.loads((start / "readout.json").read_text())
     if args.ar_steps:
-        out = work / f"{start.name}-ar-{args.ar_steps}-lr-{args.ar_lr}"
+        variant = "".join(f"-{t}{n}" for t, n in sorted(args.ar_repeat.items())) + (
+            "-frozen-tower" if args.ar_freeze_tower else ""
+        )
+        out = work / f"{start.name}-ar-{args.ar_steps}-lr-{args.ar_lr}{variant}"
         if not (out / "scores.json").exists():
             started = time.perf_counter()
             config = ar_config(args.ar_steps, args.ar_lr, args.batch_size, args.seed)
-            convert(start, data / "train.json", out, config)
+            config.freeze_vision = args.ar_freeze_tower
+            convert(start, repeated_split(data / "train.json", args.ar_repeat), out, config)
             minutes = (time.perf_counter() - started) / 60
             (out / "scores.json").write_text(
                 json.dumps({"ar_minutes": minutes} | score(out, data / "val.json"))
@@ -235,12 +272,19 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
     return result
 
 
+def ar_variant(settings: dict) -> str:
+    """The AR stage's options as they are given on the command line."""
+    repeat = ",".join(f"{task}={times}" for task, times in settings["ar_repeat"].items())
+    frozen = " --ar-freeze-tower" if settings["ar_freeze_tower"] else ""
+    return (f" --ar-repeat {repeat}" if repeat else "") + frozen
+
+
 def markdown(results: dict, base: dict | None, settings: dict) -> str:
     """The readout table (accuracy per task at each logged step) and, after AR, the per-task table."""
     command = (
         f"`python -m benchmarks.binding_readouts --arms {','.join(results)} --steps {settings['steps']} "
         f"--alone {settings['alone']} --alone-steps {settings['alone_steps']} "
-        f"--ar-steps {settings['ar_steps']}`"
+        f"--ar-steps {settings['ar_steps']}{ar_variant(settings)}`"
     )
     lines = [
         "# Can the tower hold several bindings at once?",
@@ -262,8 +306,10 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
         tasks = [t for t in base if t not in ("mean", "binding")]
         lines += [
             "",
-            f"After {settings['ar_steps']} AR steps (lr {settings['ar_lr']}) on the whole training split: "
-            "`ar` decoding, each validation record's first question.",
+            f"After {settings['ar_steps']} AR steps (lr {settings['ar_lr']}) on the whole training split"
+            + (f", tasks repeated {settings['ar_repeat']}" if settings["ar_repeat"] else "")
+            + (", tower and projector frozen" if settings["ar_freeze_tower"] else "")
+            + ": `ar` decoding, each validation record's first question.",
             "",
             "| model | " + " | ".join(tasks) + " | binding five | mean |",
             "|---|" + "---|" * (len(tasks) + 2),
@@ -295,6 +341,16 @@ def main() -> None:
         "--ar-steps", type=int, default=0, help="AR steps after the readouts (default: 0, none)"
     )
     parser.add_argument("--ar-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--ar-repeat",
+        default="",
+        help="oversample tasks in the AR stage, e.g. spatial=5,chart=4 (records per epoch; others once)",
+    )
+    parser.add_argument(
+        "--ar-freeze-tower",
+        action="store_true",
+        help="the AR stage trains the language model only (tower and projector as the readouts left them)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="tower, projector and readout lr")
     parser.add_argument("--eval-every", type=int, default=400)
@@ -307,6 +363,10 @@ def main() -> None:
         parser.error(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
     if bad := sorted(set(args.alone.split(",")) - set(TASKS)):
         parser.error(f"--alone names {', '.join(bad)}: choose from {', '.join(TASKS)}")
+    try:
+        args.ar_repeat = parse_repeat(args.ar_repeat)
+    except ValueError as error:
+        parser.error(str(error))
     if "ar" in arms and not args.ar_steps:
         parser.error("the `ar` arm is the AR stage's control: give --ar-steps")
     if "curriculum" in arms:

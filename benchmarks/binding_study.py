@@ -43,7 +43,7 @@ from tqdm import tqdm
 from fast_dvlm.data import get_task
 from fast_dvlm.data.draw import COLOURS
 from fast_dvlm.demo.recipe import DemoRecipe, ar_config
-from fast_dvlm.demo.vision_pretrain import vision_parameters, visual_tokens
+from fast_dvlm.demo.vision_pretrain import visual_tokens
 from fast_dvlm.eval.accuracy import Item, mean_accuracy, read_items, score_answers
 from fast_dvlm.prompt import Messages
 from fast_dvlm.train.trainer import convert
@@ -126,7 +126,7 @@ def train_tower(
     rng = random.Random(seed)
     images = {q.image: Image.open(q.image).convert("RGB") for q in train + val}
     head = ColourReadout(vlm.model.config.text_config.hidden_size)
-    tower = vision_parameters(vlm)
+    tower = vlm.vision_parameters()
     optimizer = torch.optim.AdamW(tower + list(head.parameters()), lr=1e-3, weight_decay=0.01)
 
     def logits(batch: list[Item]) -> torch.Tensor:

@@ -83,11 +83,16 @@ def test_the_tables_show_every_logged_step_and_every_scored_model():
         "ar": {"after": after},
     }
     settings = {"steps": 4, "alone": "spatial", "alone_steps": 1, "ar_steps": 2, "base": "demo-ar",
-                "batch_size": 2, "lr": 1e-3, "ar_lr": 5e-4}  # fmt: skip
+                "batch_size": 2, "lr": 1e-3, "ar_lr": 5e-4, "ar_repeat": {"spatial": 3},
+                "ar_freeze_tower": True}  # fmt: skip
     text = study.markdown(results, after | {"mean": 55.0}, settings)
     assert "| `together` | 4 | together | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 1.0 |" in text
     assert "| `together` + AR |" in text and "| `ar` + AR |" in text and "**55.0**" in text
     assert "--arms together,ar --steps 4" in text
+    assert (
+        "--ar-steps 2 --ar-repeat spatial=3 --ar-freeze-tower`" in text
+        and "tower and projector frozen" in text
+    )
 
 
 def test_an_arm_keeps_its_readout_stage_and_a_rerun_reuses_it(split, tmp_path, monkeypatch):
@@ -95,9 +100,26 @@ def test_an_arm_keeps_its_readout_stage_and_a_rerun_reuses_it(split, tmp_path, m
     DiffusionVLM(*build_tiny_model("fast_vlm", TinySize())).save_pretrained(base)
     data = split["train"].parent
     args = argparse.Namespace(base=str(base), steps=2, alone="spatial", alone_steps=1, batch_size=2, lr=1e-3,
-                              seed=0, eval_every=100, ar_steps=0, ar_lr=5e-4)  # fmt: skip
+                              seed=0, eval_every=100, ar_steps=0, ar_lr=5e-4, ar_repeat={},
+                              ar_freeze_tower=False)  # fmt: skip
     first = study.run_arm("curriculum", data, tmp_path / "work", args)
     assert first["schedule"] == [["spatial", 1], ["together", 1]]
     assert [row["step"] for row in first["readout"]] == [1, 2] and "after" not in first
     monkeypatch.setattr(study, "train_readouts", lambda *a, **k: pytest.fail("the readouts ran again"))
     assert study.run_arm("curriculum", data, tmp_path / "work", args) == first
+
+
+def test_the_ar_stage_can_oversample_tasks(split):
+    assert study.parse_repeat("spatial=3,chart=2") == {"spatial": 3, "chart": 2}
+    assert study.parse_repeat("") == {}
+    for bad in ("spatial=0", "spatial", "colour=2", "chart=x"):
+        with pytest.raises(ValueError, match="expected TASK=TIMES"):
+            study.parse_repeat(bad)
+    train = split["train"]
+    assert study.repeated_split(train, {}) == train
+    repeated = study.repeated_split(train, {"spatial": 3, "chart": 2})
+    assert repeated.parent == train.parent and repeated != train
+    tasks = [s.task for s in read_scenes(train)]
+    again = [s.task for s in read_scenes(repeated)]
+    assert all(again.count(t) == tasks.count(t) * {"spatial": 3, "chart": 2}.get(t, 1) for t in set(tasks))
+    assert all(s.image.is_file() for s in read_scenes(repeated))

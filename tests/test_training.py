@@ -255,3 +255,16 @@ def test_grouped_training_logs_what_it_trained(workdir, tiny_vlms):
         optimizer.step()
         optimizer.zero_grad()
     assert len({r["loss"] for r in log}) == config.steps
+
+
+def test_freeze_vision_trains_the_language_model_only(workdir):
+    root, data = workdir
+    out = root / "frozen-vision"
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-2, freeze_vision=True)
+    convert(root / "fast_vlm", data, out, config, progress=False)
+    before, after = (fast_dvlm.load(path).model.state_dict() for path in (root / "fast_vlm", out))
+    vision = [n for n in before if n.startswith("model.") and not n.startswith("model.language_model.")]
+    assert any("running_mean" in n for n in vision)  # the FastViT tower's batch norms
+    assert vision and all(torch.equal(before[n], after[n]) for n in vision)
+    text = [n for n in before if n.startswith("model.language_model.")]
+    assert text and any(not torch.equal(before[n], after[n]) for n in text)

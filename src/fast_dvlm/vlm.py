@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
@@ -138,6 +139,11 @@ class DiffusionVLM:
         except (OSError, ValueError, KeyError) as exc:
             raise FastDVLMError(f"cannot load the checkpoint in {path}: {first_line(exc)}") from exc
         return cls(model, processor, family)
+
+    def vision_parameters(self) -> list[nn.Parameter]:
+        """The vision side's parameters, tower and projector, whatever the family: all but the
+        language model's (what vision pre-training trains and `freeze_vision` keeps)."""
+        return [p for name, p in self.model.model.named_parameters() if not name.startswith("language_model")]
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a checkpoint that plain `transformers.from_pretrained` and `fast_dvlm.load` both open."""

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..data.draw import COLOURS, canvas, text
 from ..vlm import DiffusionVLM
-from .vision_pretrain import resume_checkpoint, save_checkpoint, vision_parameters, visual_tokens
+from .vision_pretrain import resume_checkpoint, save_checkpoint, visual_tokens
 
 ALPHABET = string.ascii_uppercase + string.digits
 LENGTH = 4  # characters per image, read in order
@@ -60,7 +60,7 @@ class GlyphReader(nn.Module):
     def __init__(self, vlm: DiffusionVLM, side: int) -> None:
         super().__init__()
         self.vlm, self.side = vlm, side
-        self.vision = vision_parameters(vlm)
+        self.vision = vlm.vision_parameters()
         with torch.no_grad():
             tokens = visual_tokens(vlm, [glyph_image(random.Random(0), side)[0]])
         self.head = nn.Linear(tokens[0].numel(), LENGTH * len(ALPHABET))

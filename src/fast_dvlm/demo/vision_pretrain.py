@@ -67,12 +67,6 @@ def visual_tokens(vlm: DiffusionVLM, images: list[Image.Image]) -> torch.Tensor:
     return torch.stack(list(out.pooler_output))
 
 
-def vision_parameters(vlm: DiffusionVLM) -> list[nn.Parameter]:
-    """The vision side's parameters, tower and projector, whatever the family: all but the language
-    model's (what every vision pre-training stage trains)."""
-    return [p for name, p in vlm.model.model.named_parameters() if not name.startswith("language_model")]
-
-
 def save_checkpoint(
     path: str | Path, weights: dict, optimizer, rng: random.Random, step: int, seconds: float
 ) -> None:
@@ -124,7 +118,7 @@ class VisionPretrainer:
 
     def __init__(self, vlm: DiffusionVLM, scenes: list[Scene]) -> None:
         self.vlm = vlm
-        self.vision = vision_parameters(vlm)
+        self.vision = vlm.vision_parameters()
         self.labels = sorted({label for scene in scenes for label in scene.labels()})
         self.index = {name: k for k, name in enumerate(self.labels)}
         with torch.no_grad():

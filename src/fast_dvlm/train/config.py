@@ -30,6 +30,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_length: int = 2048
     gradient_checkpointing: bool = False
+    freeze_vision: bool = False  # train the language model only; tower and projector stay as loaded
     group_by_length: bool = False  # batches of similar length: less padding, same samples per epoch
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, otherwise fp32
     image_root: str | None = None

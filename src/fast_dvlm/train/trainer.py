@@ -177,8 +177,15 @@ def convert(
         vlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     vlm.model.train()
     torch.manual_seed(config.seed)
+    if config.freeze_vision:  # weights and batch-norm statistics alike
+        for parameter in vlm.vision_parameters():
+            parameter.requires_grad_(False)
+        for name, part in vlm.model.model.named_children():
+            if name != "language_model":
+                part.eval()
     module = ConversionModel(vlm, config)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trained = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.lr_schedule, optimizer, config.warmup_steps, config.steps)
     module, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -214,7 +221,7 @@ def convert(
             totals += (
                 torch.stack([parts.total, parts.diffusion, parts.ar]).detach().float() / config.grad_accum
             )
-        accelerator.clip_grad_norm_(module.parameters(), config.max_grad_norm)
+        accelerator.clip_grad_norm_(trained, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
