@@ -111,14 +111,16 @@ class Readouts:
     """One `EntityReadout` per binding task over `vlm`'s visual tokens; the answer labels are those
     of the training scenes."""
 
-    def __init__(self, vlm: DiffusionVLM, train: list[Scene]) -> None:
+    def __init__(self, vlm: DiffusionVLM, train: list[Scene], heads: int = 1) -> None:
         self.vlm = vlm
         self.answers = {
             task: sorted({binding(task, q, k)[1] for s in train if s.task == task for q, k in s.questions})
             for task in TASKS
         }
         dim = vlm.model.config.text_config.hidden_size
-        self.heads = nn.ModuleDict({t: EntityReadout(dim, len(self.answers[t])) for t in TASKS})
+        self.heads = nn.ModuleDict(
+            {t: nn.ModuleList(EntityReadout(dim, len(self.answers[t])) for _ in range(heads)) for t in TASKS}
+        )
 
     def tokens(self, scenes: list[Scene]) -> torch.Tensor:
         """The visual tokens of every scene's image, in one tower call."""
@@ -135,14 +137,16 @@ class Readouts:
                 ids, answer = binding(task, question, key)
                 rows.append(row), entities.append(ids)
                 answers.append(self.answers[task].index(answer) if answer in self.answers[task] else -100)
-        return self.heads[task](tokens[rows], torch.tensor(entities)), torch.tensor(answers)
+        logits = [head(tokens[rows], torch.tensor(entities)) for head in self.heads[task]]
+        return torch.stack(logits), torch.tensor(answers)
 
     def loss(self, scenes: list[Scene]) -> torch.Tensor:
         """Cross-entropy averaged within each task, then over the tasks in the batch."""
         tokens, losses = self.tokens(scenes), []
         for task in sorted({s.task for s in scenes}):
             rows = [k for k, s in enumerate(scenes) if s.task == task]
-            losses.append(F.cross_entropy(*self.logits(task, [scenes[k] for k in rows], tokens[rows])))
+            logits, answers = self.logits(task, [scenes[k] for k in rows], tokens[rows])
+            losses.append(F.cross_entropy(logits.flatten(0, 1), answers.repeat(len(logits))))
         return torch.stack(losses).mean()
 
     @torch.no_grad()
@@ -153,7 +157,7 @@ class Readouts:
         for task in TASKS:
             scenes = [s for s in val if s.task == task]
             logits, answers = self.logits(task, scenes, self.tokens(scenes), first_only=True)
-            out[task] = 100.0 * (logits.argmax(-1) == answers).float().mean().item()
+            out[task] = 100.0 * (logits.mean(0).argmax(-1) == answers).float().mean().item()
         self.vlm.model.train()
         return out
 
@@ -167,12 +171,13 @@ def train_readouts(
     lr: float,
     seed: int,
     eval_every: int = 400,
+    heads: int = 1,
 ) -> list[dict]:
     """Train `vlm`'s tower and projector under the readouts, phase by phase; the validation accuracy
     at each phase's end and every `eval_every` steps."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    readouts = Readouts(vlm, train)
+    readouts = Readouts(vlm, train, heads)
     trained = vlm.vision_parameters() + list(readouts.heads.parameters())
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
     total = sum(steps for _, steps in schedule)
@@ -241,14 +246,15 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
     start, result = Path(args.base), {}
     if arm != "ar":
         alone = f"-{args.alone.replace(',', '+')}-alone-{args.alone_steps}" if arm == "curriculum" else ""
-        start = work / f"{arm}-{args.steps}-steps{alone}-seed-{args.seed}"
+        heads = f"-{args.heads}-heads" if args.heads > 1 else ""
+        start = work / f"{arm}-{args.steps}-steps{alone}{heads}-seed-{args.seed}"
         if not (start / "readout.json").exists():
             schedule = phases(arm, args.steps, args.alone.split(","), args.alone_steps)
             vlm = load(args.base)
             train = [s for s in read_scenes(data / "train.json") if s.task in TASKS]
             val = [s for s in read_scenes(data / "val.json", first_only=True) if s.task in TASKS]
             log = train_readouts(
-                vlm, train, val, schedule, args.batch_size, args.lr, args.seed, args.eval_every
+                vlm, train, val, schedule, args.batch_size, args.lr, args.seed, args.eval_every, args.heads
             )
             vlm.save_pretrained(start)
             (start / "readout.json").write_text(json.dumps({"schedule": schedule, "readout": log}, indent=1))
@@ -291,7 +297,8 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
         "",
         f"{command} (base `{settings['base']}`, batch {settings['batch_size']}, "
         f"readout lr {settings['lr']}). "
-        "Readout accuracy: each validation record's first question, 60 a task.",
+        f"Readout accuracy ({settings.get('heads', 1)} readout(s) a task, mean logits): each validation "
+        "record's first question, 60 a task.",
         "",
         "| arm | step | phase | " + " | ".join(TASKS) + " | minutes |",
         "|---|---|---|" + "---|" * (len(TASKS) + 1),
@@ -354,6 +361,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="tower, projector and readout lr")
     parser.add_argument("--eval-every", type=int, default=400)
+    parser.add_argument(
+        "--heads",
+        type=int,
+        default=1,
+        help="readouts per task, each from its own initialisation (scored as their mean logits)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="runs/binding_readouts", help="data, checkpoints, finished arms")
     parser.add_argument("--out", default=None, help="also write OUT.md (the tables) and OUT.json")
@@ -367,6 +380,8 @@ def main() -> None:
         args.ar_repeat = parse_repeat(args.ar_repeat)
     except ValueError as error:
         parser.error(str(error))
+    if args.heads < 1:
+        parser.error(f"--heads must be at least 1, got {args.heads}")
     if "ar" in arms and not args.ar_steps:
         parser.error("the `ar` arm is the AR stage's control: give --ar-steps")
     if "curriculum" in arms:

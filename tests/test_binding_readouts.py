@@ -64,7 +64,7 @@ def test_readouts_train_the_tower_and_projector_and_leave_the_language_model(spl
     train = [s for s in read_scenes(split["train"]) if s.task in study.TASKS]
     val = [s for s in read_scenes(split["val"], first_only=True) if s.task in study.TASKS]
     schedule = [("spatial", 1), ("together", 2)]
-    log = study.train_readouts(vlm, train, val, schedule, batch_size=2, lr=1e-3, seed=0, eval_every=100)
+    log = study.train_readouts(vlm, train, val, schedule, 2, 1e-3, seed=0, eval_every=100, heads=2)
     assert [(row["step"], row["phase"]) for row in log] == [(1, "spatial"), (3, "together")]
     assert all(set(row["val"]) == set(study.TASKS) for row in log)
     assert all(0 <= v <= 100 for row in log for v in row["val"].values())
@@ -101,7 +101,7 @@ def test_an_arm_keeps_its_readout_stage_and_a_rerun_reuses_it(split, tmp_path, m
     data = split["train"].parent
     args = argparse.Namespace(base=str(base), steps=2, alone="spatial", alone_steps=1, batch_size=2, lr=1e-3,
                               seed=0, eval_every=100, ar_steps=0, ar_lr=5e-4, ar_repeat={},
-                              ar_freeze_tower=False)  # fmt: skip
+                              ar_freeze_tower=False, heads=1)  # fmt: skip
     first = study.run_arm("curriculum", data, tmp_path / "work", args)
     assert first["schedule"] == [["spatial", 1], ["together", 1]]
     assert [row["step"] for row in first["readout"]] == [1, 2] and "after" not in first
@@ -123,3 +123,12 @@ def test_the_ar_stage_can_oversample_tasks(split):
     again = [s.task for s in read_scenes(repeated)]
     assert all(again.count(t) == tasks.count(t) * {"spatial": 3, "chart": 2}.get(t, 1) for t in set(tasks))
     assert all(s.image.is_file() for s in read_scenes(repeated))
+
+
+def test_each_readout_head_gives_its_own_logits(split):
+    vlm = DiffusionVLM(*build_tiny_model("fast_vlm", TinySize()))
+    scenes = [s for s in read_scenes(split["train"]) if s.task == "chart"]
+    readouts = study.Readouts(vlm, scenes, heads=3)
+    logits, answers = readouts.logits("chart", scenes, readouts.tokens(scenes))
+    assert logits.shape == (3, sum(len(s.questions) for s in scenes), len(readouts.answers["chart"]))
+    assert answers.shape == logits.shape[1:2] and not torch.allclose(logits[0], logits[1])
