@@ -290,6 +290,7 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
     command = (
         f"`python -m benchmarks.binding_readouts --arms {','.join(results)} --steps {settings['steps']} "
         f"--alone {settings['alone']} --alone-steps {settings['alone_steps']} "
+        f"--heads {settings.get('heads', 1)} --eval-every {settings.get('eval_every', 400)} "
         f"--ar-steps {settings['ar_steps']}{ar_variant(settings)}`"
     )
     lines = [
@@ -297,8 +298,8 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
         "",
         f"{command} (base `{settings['base']}`, batch {settings['batch_size']}, "
         f"readout lr {settings['lr']}). "
-        f"Readout accuracy ({settings.get('heads', 1)} readout(s) a task, mean logits): each validation "
-        "record's first question, 60 a task.",
+        "Readout accuracy (the mean logits of a task's readouts): each validation record's first "
+        "question, 60 a task.",
         "",
         "| arm | step | phase | " + " | ".join(TASKS) + " | minutes |",
         "|---|---|---|" + "---|" * (len(TASKS) + 1),
