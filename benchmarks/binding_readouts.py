@@ -17,7 +17,12 @@ base (`demo-ar`; the language model is untouched) on the five tasks. Arms:
 - `ar`: no readout stage (the control for the AR stage below).
 
 Readout accuracy on the validation split (each record's first question) is logged at the end of each
-phase and every `--eval-every` steps. With `--ar-steps N`, each arm's model is then trained N AR
+phase and every `--eval-every` steps. `--heads K` gives each task K readouts (one alone learns the
+binding or not depending on its seed); `--anchor W` keeps the six other tasks' visual tokens near the
+base tower's, so the readouts do not take from the tower what the language model reads there;
+`--score-readouts` scores each arm's tower under the base's language model, per task.
+
+With `--ar-steps N`, each arm's model is then trained N AR
 steps on the whole training split (every task, as the recipe's second cycle trains) and scored per
 task with `ar` decoding on the validation split's first questions; `--ar-repeat spatial=5,...` gives
 the named tasks' records that many times per epoch (the language model needs many binding questions
@@ -29,6 +34,7 @@ after a crash goes on with the arms not yet done.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import re
@@ -172,11 +178,18 @@ def train_readouts(
     seed: int,
     eval_every: int = 400,
     heads: int = 1,
+    anchor: list[Scene] = (),
+    anchor_weight: float = 0.0,
 ) -> list[dict]:
     """Train `vlm`'s tower and projector under the readouts, phase by phase; the validation accuracy
-    at each phase's end and every `eval_every` steps."""
+    at each phase's end and every `eval_every` steps.
+
+    With `anchor_weight`, every step also draws half a batch of `anchor` scenes (the other tasks) and
+    adds `anchor_weight` times the distance of their visual tokens from the untrained tower's (mean
+    squared error over the mean square): what the language model reads there should not move."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    reference = copy.deepcopy(vlm).model.eval() if anchor_weight else None
     readouts = Readouts(vlm, train, heads)
     trained = vlm.vision_parameters() + list(readouts.heads.parameters())
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
@@ -189,6 +202,12 @@ def train_readouts(
         pool = [s for task in TASKS for s in by_task[task]] if phase == "together" else by_task[phase]
         for k in tqdm(range(steps), f"readouts, {phase}"):
             loss = readouts.loss(rng.sample(pool, batch_size))
+            if reference is not None:
+                images = [Image.open(s.image).convert("RGB") for s in rng.sample(anchor, batch_size // 2)]
+                with torch.no_grad():
+                    target = visual_tokens(DiffusionVLM(reference, vlm.processor, vlm.family), images)
+                drift = F.mse_loss(visual_tokens(vlm, images), target) / target.pow(2).mean()
+                loss = loss + anchor_weight * drift
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
@@ -247,18 +266,26 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
     if arm != "ar":
         alone = f"-{args.alone.replace(',', '+')}-alone-{args.alone_steps}" if arm == "curriculum" else ""
         heads = f"-{args.heads}-heads" if args.heads > 1 else ""
-        start = work / f"{arm}-{args.steps}-steps{alone}{heads}-seed-{args.seed}"
+        anchor = f"-anchor-{args.anchor}" if args.anchor else ""
+        start = work / f"{arm}-{args.steps}-steps{alone}{heads}{anchor}-seed-{args.seed}"
         if not (start / "readout.json").exists():
             schedule = phases(arm, args.steps, args.alone.split(","), args.alone_steps)
             vlm = load(args.base)
-            train = [s for s in read_scenes(data / "train.json") if s.task in TASKS]
+            scenes = read_scenes(data / "train.json")
+            train = [s for s in scenes if s.task in TASKS]
             val = [s for s in read_scenes(data / "val.json", first_only=True) if s.task in TASKS]
+            others = [s for s in scenes if s.task not in TASKS]
             log = train_readouts(
-                vlm, train, val, schedule, args.batch_size, args.lr, args.seed, args.eval_every, args.heads
-            )
+                vlm, train, val, schedule, args.batch_size, args.lr, args.seed, args.eval_every, args.heads,
+                others, args.anchor,
+            )  # fmt: skip
             vlm.save_pretrained(start)
             (start / "readout.json").write_text(json.dumps({"schedule": schedule, "readout": log}, indent=1))
         result |= json.loads((start / "readout.json").read_text())
+        if args.score_readouts:  # the base's language model reading the readouts' tower, no AR
+            if not (start / "scores.json").exists():
+                (start / "scores.json").write_text(json.dumps(score(start, data / "val.json")))
+            result["scored"] = json.loads((start / "scores.json").read_text())
     if args.ar_steps:
         variant = "".join(f"-{t}{n}" for t, n in sorted(args.ar_repeat.items())) + (
             "-frozen-tower" if args.ar_freeze_tower else ""
@@ -291,7 +318,9 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
         f"`python -m benchmarks.binding_readouts --arms {','.join(results)} --steps {settings['steps']} "
         f"--alone {settings['alone']} --alone-steps {settings['alone_steps']} "
         f"--heads {settings.get('heads', 1)} --eval-every {settings.get('eval_every', 400)} "
-        f"--ar-steps {settings['ar_steps']}{ar_variant(settings)}`"
+        + (f"--anchor {settings['anchor']} " if settings.get("anchor") else "")
+        + ("--score-readouts " if settings.get("score_readouts") else "")
+        + f"--ar-steps {settings['ar_steps']}{ar_variant(settings)}`"
     )
     lines = [
         "# Can the tower hold several bindings at once?",
@@ -314,15 +343,18 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
         tasks = [t for t in base if t not in ("mean", "binding")]
         lines += [
             "",
-            f"After {settings['ar_steps']} AR steps (lr {settings['ar_lr']}) on the whole training split"
+            "Per task, `ar` decoding, each validation record's first question: the base, each arm's readout "
+            "tower under the base's language model (`readouts only`, with `--score-readouts`) and after "
+            f"{settings['ar_steps']} AR steps (lr {settings['ar_lr']}) on the whole training split"
             + (f", tasks repeated {settings['ar_repeat']}" if settings["ar_repeat"] else "")
             + (", tower and projector frozen" if settings["ar_freeze_tower"] else "")
-            + ": `ar` decoding, each validation record's first question.",
+            + ".",
             "",
             "| model | " + " | ".join(tasks) + " | binding five | mean |",
             "|---|" + "---|" * (len(tasks) + 2),
         ]
         rows = [(f"`{settings['base']}` (before)", base)]
+        rows += [(f"`{arm}` readouts only", r["scored"]) for arm, r in results.items() if "scored" in r]
         rows += [(f"`{arm}` + AR", r["after"]) for arm, r in results.items() if "after" in r]
         for name, s in rows:
             cells = " | ".join(f"{s[t]:.0f}" for t in tasks)
@@ -363,6 +395,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="tower, projector and readout lr")
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument(
+        "--anchor",
+        type=float,
+        default=0.0,
+        help="weight of keeping the other tasks' visual tokens where the base's tower put them (default: 0)",
+    )
+    parser.add_argument(
+        "--score-readouts",
+        action="store_true",
+        help="also score each arm's readout-trained model (the base's language model, no AR) per task",
+    )
+    parser.add_argument(
         "--heads",
         type=int,
         default=1,
@@ -381,6 +424,8 @@ def main() -> None:
         args.ar_repeat = parse_repeat(args.ar_repeat)
     except ValueError as error:
         parser.error(str(error))
+    if args.anchor < 0:
+        parser.error(f"--anchor must be 0 or more, got {args.anchor}")
     if args.heads < 1:
         parser.error(f"--heads must be at least 1, got {args.heads}")
     if "ar" in arms and not args.ar_steps:
@@ -398,7 +443,7 @@ def main() -> None:
     checkpoints.mkdir(parents=True, exist_ok=True)
     results = {arm: run_arm(arm, data, checkpoints, args) for arm in arms}
     base = None
-    if args.ar_steps:
+    if args.ar_steps or args.score_readouts:
         cached = checkpoints / f"{Path(args.base).name}-scores.json"
         if not cached.exists():
             cached.write_text(json.dumps(score(args.base, data / "val.json")))

@@ -4,15 +4,17 @@ question, schedules the curriculum, and its readouts train the tower without tou
 from __future__ import annotations
 
 import argparse
+import copy
 
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks import binding_readouts as study
 from fast_dvlm import DiffusionVLM
 from fast_dvlm.data.build import build_splits
 from fast_dvlm.data.charts import CITIES
-from fast_dvlm.demo.vision_pretrain import read_scenes
+from fast_dvlm.demo.vision_pretrain import read_scenes, visual_tokens
 from fast_dvlm.models.family import TinySize
 from fast_dvlm.models.tiny import build_tiny_model
 
@@ -101,7 +103,7 @@ def test_an_arm_keeps_its_readout_stage_and_a_rerun_reuses_it(split, tmp_path, m
     data = split["train"].parent
     args = argparse.Namespace(base=str(base), steps=2, alone="spatial", alone_steps=1, batch_size=2, lr=1e-3,
                               seed=0, eval_every=100, ar_steps=0, ar_lr=5e-4, ar_repeat={},
-                              ar_freeze_tower=False, heads=1)  # fmt: skip
+                              ar_freeze_tower=False, heads=1, anchor=0.0, score_readouts=False)  # fmt: skip
     first = study.run_arm("curriculum", data, tmp_path / "work", args)
     assert first["schedule"] == [["spatial", 1], ["together", 1]]
     assert [row["step"] for row in first["readout"]] == [1, 2] and "after" not in first
@@ -132,3 +134,22 @@ def test_each_readout_head_gives_its_own_logits(split):
     logits, answers = readouts.logits("chart", scenes, readouts.tokens(scenes))
     assert logits.shape == (3, sum(len(s.questions) for s in scenes), len(readouts.answers["chart"]))
     assert answers.shape == logits.shape[1:2] and not torch.allclose(logits[0], logits[1])
+
+
+def test_the_anchor_keeps_the_other_tasks_visual_tokens_nearer_the_base(split):
+    scenes = read_scenes(split["train"])
+    train = [s for s in scenes if s.task in study.TASKS]
+    others = [s for s in scenes if s.task not in study.TASKS]
+    val = [s for s in read_scenes(split["val"], first_only=True) if s.task in study.TASKS]
+    base = DiffusionVLM(*build_tiny_model("fast_vlm", TinySize()))
+    images = [Image.open(s.image).convert("RGB") for s in others]
+    with torch.no_grad():
+        before = visual_tokens(base, images)
+
+    def drift(weight: float) -> float:
+        vlm = copy.deepcopy(base)
+        study.train_readouts(vlm, train, val, [("together", 6)], 4, 1e-2, 0, 100, 1, others, weight)
+        with torch.no_grad():
+            return (visual_tokens(vlm, images) - before).pow(2).mean().item()
+
+    assert drift(100.0) < 0.5 * drift(0.0)
