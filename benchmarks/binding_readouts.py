@@ -189,7 +189,9 @@ def train_readouts(
     squared error over the mean square): what the language model reads there should not move."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    reference = copy.deepcopy(vlm).model.eval() if anchor_weight else None
+    reference = copy.deepcopy(vlm) if anchor_weight else None  # the base tower, never trained
+    if reference is not None:
+        reference.model.eval()
     readouts = Readouts(vlm, train, heads)
     trained = vlm.vision_parameters() + list(readouts.heads.parameters())
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
@@ -205,7 +207,7 @@ def train_readouts(
             if reference is not None:
                 images = [Image.open(s.image).convert("RGB") for s in rng.sample(anchor, batch_size // 2)]
                 with torch.no_grad():
-                    target = visual_tokens(DiffusionVLM(reference, vlm.processor, vlm.family), images)
+                    target = visual_tokens(reference, images)
                 drift = F.mse_loss(visual_tokens(vlm, images), target) / target.pow(2).mean()
                 loss = loss + anchor_weight * drift
             loss.backward()
