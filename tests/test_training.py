@@ -15,7 +15,9 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 import fast_dvlm
-from fast_dvlm import FastDVLMError
+from fast_dvlm import DiffusionVLM, FastDVLMError
+from fast_dvlm.models.family import TinySize
+from fast_dvlm.models.tiny import build_tiny_model
 from fast_dvlm.train.config import TrainConfig
 from fast_dvlm.train.data import ConversationDataset
 from fast_dvlm.train.trainer import convert
@@ -268,3 +270,18 @@ def test_freeze_vision_trains_the_language_model_only(workdir):
     assert vision and all(torch.equal(before[n], after[n]) for n in vision)
     text = [n for n in before if n.startswith("model.language_model.")]
     assert text and any(not torch.equal(before[n], after[n]) for n in text)
+
+
+def test_freeze_vision_on_a_text_only_model_is_refused(workdir, tmp_path):
+    root, data = workdir
+    text_only = DiffusionVLM(*build_tiny_model("qwen2", TinySize()))
+    assert text_only.vision_modules() == [] and text_only.vision_parameters() == []
+    text_only.save_pretrained(tmp_path / "qwen2")
+    with pytest.raises(FastDVLMError, match="text-only model"):
+        convert(
+            tmp_path / "qwen2",
+            data,
+            tmp_path / "out",
+            TrainConfig(steps=1, freeze_vision=True),
+            progress=False,
+        )

@@ -140,10 +140,18 @@ class DiffusionVLM:
             raise FastDVLMError(f"cannot load the checkpoint in {path}: {first_line(exc)}") from exc
         return cls(model, processor, family)
 
+    def vision_modules(self) -> list[nn.Module]:
+        """The vision side, tower and projector, whatever the family: every part of the model but the
+        language model (what vision pre-training trains and `freeze_vision` keeps). Empty for a
+        text-only model, whose parts are all the language model's."""
+        parts = dict(self.model.model.named_children())
+        if "language_model" not in parts:
+            return []
+        return [part for name, part in parts.items() if name != "language_model"]
+
     def vision_parameters(self) -> list[nn.Parameter]:
-        """The vision side's parameters, tower and projector, whatever the family: all but the
-        language model's (what vision pre-training trains and `freeze_vision` keeps)."""
-        return [p for name, p in self.model.model.named_parameters() if not name.startswith("language_model")]
+        """The parameters of `vision_modules()`."""
+        return [p for part in self.vision_modules() for p in part.parameters()]
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a checkpoint that plain `transformers.from_pretrained` and `fast_dvlm.load` both open."""

@@ -162,6 +162,8 @@ def convert(
     )
     main = accelerator.is_main_process
     vlm = load(base)
+    if config.freeze_vision and not vlm.vision_modules():
+        raise FastDVLMError(f"freeze_vision is set, but {base} is a text-only model: it has no vision side")
     datasets = {
         2: ConversationDataset(
             data, vlm.processor, vlm.family, config.image_root, config.max_length, progress=progress and main
@@ -178,11 +180,8 @@ def convert(
     vlm.model.train()
     torch.manual_seed(config.seed)
     if config.freeze_vision:  # weights and batch-norm statistics alike
-        for parameter in vlm.vision_parameters():
-            parameter.requires_grad_(False)
-        for name, part in vlm.model.model.named_children():
-            if name != "language_model":
-                part.eval()
+        for part in vlm.vision_modules():
+            part.requires_grad_(False).eval()
     module = ConversionModel(vlm, config)
     trained = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
