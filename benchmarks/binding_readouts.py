@@ -8,8 +8,9 @@ relative to the blue one), `chart` (the red bar's value), `diagram` (the shape l
 `presence` (is there a red circle) and `map` (the city in the red region). The shipped demo answers
 them near chance, mostly with another entity's answer. `benchmarks/binding_study.py` showed, on
 `spatial` alone, that a readout asking for the binding by content puts it into the tower in a few
-hundred steps. Here one readout per task (`EntityReadout`) trains the tower and projector of the AR
-base (`demo-ar`; the language model is untouched) on the five tasks. Arms:
+hundred steps. Here readouts (`fast_dvlm.demo.readouts`, since a stage of the recipe) train the
+tower and projector of the AR base (`demo-ar`; the language model is untouched) on the five tasks.
+Arms:
 
 - `together`: every step draws its scenes from all five tasks;
 - `curriculum`: first each task of `--alone` alone for `--alone-steps` steps, in that order, then the
@@ -34,194 +35,22 @@ after a crash goes on with the arms not yet done.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import random
-import re
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import nn
-from tqdm import tqdm
-from transformers import get_scheduler
-
 from fast_dvlm.data import TASKS as DEMO_TASKS
-from fast_dvlm.data.draw import COLOURS, SHAPES
-from fast_dvlm.data.scenes import LETTERS
+from fast_dvlm.demo.readouts import BINDING_TASKS, curriculum, repeated_split, train_readouts
 from fast_dvlm.demo.recipe import DemoRecipe, ar_config
-from fast_dvlm.demo.vision_pretrain import Scene, read_scenes, visual_tokens
+from fast_dvlm.demo.vision_pretrain import read_scenes
+from fast_dvlm.errors import FastDVLMError
 from fast_dvlm.eval.accuracy import mean_accuracy, read_items, score_answers
 from fast_dvlm.train.trainer import convert
-from fast_dvlm.vlm import DiffusionVLM, load
+from fast_dvlm.vlm import load
 
-ENTITIES = (*sorted(COLOURS), *LETTERS, *SHAPES)  # what a question can name; id 0 pads
-QUESTIONS = {
-    "spatial": re.compile(r"Where is the (\w+) \w+ relative to the (\w+) \w+\?"),
-    "chart": re.compile(r"What is the value of the (\w+) bar\?"),
-    "diagram": re.compile(r"What shape is labelled (\w)\?"),
-    "presence": re.compile(r"Is there a (\w+) (\w+) in the image\?"),
-    "map": re.compile(r"Which city is in the (\w+) region\? (.*)"),
-}
-TASKS = tuple(QUESTIONS)
+TASKS = BINDING_TASKS
 ALL_TASKS = tuple(DEMO_TASKS)  # what the AR stage trains on
 ARMS = ("together", "curriculum", "ar")
-
-
-def binding(task: str, question: str, key: str) -> tuple[list[int], str]:
-    """The entities `question` names (ids, padded to two) and the answer to read for them; for `map`
-    the city itself rather than its option letter, since the options are shuffled per question."""
-    form = QUESTIONS.get(task)
-    match = form.fullmatch(question) if form else None
-    if match is None:
-        raise ValueError(f"not a {task} binding question: {question!r}")
-    names, answer = list(match.groups()), key
-    if task == "map":
-        answer = dict(re.findall(r"([A-C])\. (\w+)", names.pop()))[key]
-    ids = [ENTITIES.index(name) + 1 for name in names]
-    return ids + [0] * (2 - len(ids)), answer
-
-
-class EntityReadout(nn.Module):
-    """Each named entity attends over the visual tokens by content (no position, as a language
-    model's attention would find it); an MLP reads the attended values and names the answer."""
-
-    def __init__(self, dim: int, answers: int) -> None:
-        super().__init__()
-        self.entity = nn.Embedding(len(ENTITIES) + 1, dim)
-        self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.read = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, answers))
-
-    def forward(self, tokens: torch.Tensor, entities: torch.Tensor) -> torch.Tensor:
-        """`tokens` `[B, N, D]`, `entities` `[B, 2]` -> answer logits `[B, answers]`."""
-        keys = self.key(tokens)
-        weights = torch.softmax(self.entity(entities) @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5, -1)
-        return self.read((weights @ self.value(tokens)).flatten(1))
-
-
-def phases(arm: str, steps: int, alone: list[str], alone_steps: int) -> list[tuple[str, int]]:
-    """(task or "together", steps) in training order."""
-    if arm == "together":
-        return [("together", steps)]
-    if len(alone) * alone_steps >= steps:
-        raise ValueError(
-            f"the curriculum's {len(alone)} x {alone_steps} steps alone leave nothing of the {steps} "
-            "steps for the tasks together: raise --steps or lower --alone-steps"
-        )
-    return [(task, alone_steps) for task in alone] + [("together", steps - len(alone) * alone_steps)]
-
-
-class Readouts:
-    """One `EntityReadout` per binding task over `vlm`'s visual tokens; the answer labels are those
-    of the training scenes."""
-
-    def __init__(self, vlm: DiffusionVLM, train: list[Scene], heads: int = 1) -> None:
-        self.vlm = vlm
-        self.answers = {
-            task: sorted({binding(task, q, k)[1] for s in train if s.task == task for q, k in s.questions})
-            for task in TASKS
-        }
-        dim = vlm.model.config.text_config.hidden_size
-        self.heads = nn.ModuleDict(
-            {t: nn.ModuleList(EntityReadout(dim, len(self.answers[t])) for _ in range(heads)) for t in TASKS}
-        )
-
-    def tokens(self, scenes: list[Scene]) -> torch.Tensor:
-        """The visual tokens of every scene's image, in one tower call."""
-        return visual_tokens(self.vlm, [Image.open(s.image).convert("RGB") for s in scenes])
-
-    def logits(
-        self, task: str, scenes: list[Scene], tokens: torch.Tensor, first_only: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and answer indices for the questions of `scenes` (all of `task`), read from their
-        visual tokens `tokens`."""
-        rows, entities, answers = [], [], []
-        for row, scene in enumerate(scenes):
-            for question, key in scene.questions[:1] if first_only else scene.questions:
-                ids, answer = binding(task, question, key)
-                rows.append(row), entities.append(ids)
-                answers.append(self.answers[task].index(answer) if answer in self.answers[task] else -100)
-        logits = [head(tokens[rows], torch.tensor(entities)) for head in self.heads[task]]
-        return torch.stack(logits), torch.tensor(answers)
-
-    def loss(self, scenes: list[Scene]) -> torch.Tensor:
-        """Cross-entropy averaged within each task, then over the tasks in the batch."""
-        tokens, losses = self.tokens(scenes), []
-        for task in sorted({s.task for s in scenes}):
-            rows = [k for k, s in enumerate(scenes) if s.task == task]
-            logits, answers = self.logits(task, [scenes[k] for k in rows], tokens[rows])
-            losses.append(F.cross_entropy(logits.flatten(0, 1), answers.repeat(len(logits))))
-        return torch.stack(losses).mean()
-
-    @torch.no_grad()
-    def accuracy(self, val: list[Scene]) -> dict[str, float]:
-        """Percent right per task over `val`'s first questions."""
-        self.vlm.model.eval()
-        out = {}
-        for task in TASKS:
-            scenes = [s for s in val if s.task == task]
-            logits, answers = self.logits(task, scenes, self.tokens(scenes), first_only=True)
-            out[task] = 100.0 * (logits.mean(0).argmax(-1) == answers).float().mean().item()
-        self.vlm.model.train()
-        return out
-
-
-def train_readouts(
-    vlm: DiffusionVLM,
-    train: list[Scene],
-    val: list[Scene],
-    schedule: list[tuple[str, int]],
-    batch_size: int,
-    lr: float,
-    seed: int,
-    eval_every: int = 400,
-    heads: int = 1,
-    anchor: list[Scene] = (),
-    anchor_weight: float = 0.0,
-) -> list[dict]:
-    """Train `vlm`'s tower and projector under the readouts, phase by phase; the validation accuracy
-    at each phase's end and every `eval_every` steps.
-
-    With `anchor_weight`, every step also draws half a batch of `anchor` scenes (the other tasks) and
-    adds `anchor_weight` times the distance of their visual tokens from the untrained tower's (mean
-    squared error over the mean square): what the language model reads there should not move."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    reference = copy.deepcopy(vlm) if anchor_weight else None  # the base tower, never trained
-    if reference is not None:
-        reference.model.eval()
-    readouts = Readouts(vlm, train, heads)
-    trained = vlm.vision_parameters() + list(readouts.heads.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
-    total = sum(steps for _, steps in schedule)
-    scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=min(50, total // 10))
-    by_task = {task: [s for s in train if s.task == task] for task in TASKS}
-    log, step, started = [], 0, time.perf_counter()
-    vlm.model.train()
-    for phase, steps in schedule:
-        pool = [s for task in TASKS for s in by_task[task]] if phase == "together" else by_task[phase]
-        for k in tqdm(range(steps), f"readouts, {phase}"):
-            loss = readouts.loss(rng.sample(pool, batch_size))
-            if reference is not None:
-                images = [Image.open(s.image).convert("RGB") for s in rng.sample(anchor, batch_size // 2)]
-                with torch.no_grad():
-                    target = visual_tokens(reference, images)
-                drift = F.mse_loss(visual_tokens(vlm, images), target) / target.pow(2).mean()
-                loss = loss + anchor_weight * drift
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            if step % eval_every == 0 or k == steps - 1:
-                seconds = time.perf_counter() - started
-                row = {"step": step, "phase": phase, "loss": loss.item(), "seconds": seconds}
-                log.append(row | {"val": readouts.accuracy(val)})
-    vlm.model.eval()
-    return log
 
 
 def parse_repeat(spec: str) -> dict[str, int]:
@@ -237,19 +66,6 @@ def parse_repeat(spec: str) -> dict[str, int]:
             )
         repeat[task] = int(times)
     return repeat
-
-
-def repeated_split(train_file: Path, repeat: dict[str, int]) -> Path:
-    """The training split with each record of a task in `repeat` written that many times, next to
-    the split so its image paths still resolve (the trainer shuffles every epoch)."""
-    if not repeat:
-        return train_file
-    name = "-".join(f"{task}{times}" for task, times in sorted(repeat.items()))
-    out = train_file.with_name(f"{train_file.stem}-repeat-{name}.json")
-    if not out.exists():
-        records = json.loads(train_file.read_text())
-        out.write_text(json.dumps([r for r in records for _ in range(repeat.get(r["task"], 1))]))
-    return out
 
 
 def score(model: str | Path, val_file: Path) -> dict[str, float]:
@@ -271,18 +87,18 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
         anchor = f"-anchor-{args.anchor}" if args.anchor else ""
         start = work / f"{arm}-{args.steps}-steps{alone}{heads}{anchor}-seed-{args.seed}"
         if not (start / "readout.json").exists():
-            schedule = phases(arm, args.steps, args.alone.split(","), args.alone_steps)
+            alone = args.alone.split(",") if arm == "curriculum" else []
+            schedule = curriculum(args.steps, alone, args.alone_steps)
             vlm = load(args.base)
-            scenes = read_scenes(data / "train.json")
-            train = [s for s in scenes if s.task in TASKS]
-            val = [s for s in read_scenes(data / "val.json", first_only=True) if s.task in TASKS]
-            others = [s for s in scenes if s.task not in TASKS]
-            log = train_readouts(
-                vlm, train, val, schedule, args.batch_size, args.lr, args.seed, args.eval_every, args.heads,
-                others, args.anchor,
+            scenes, val = read_scenes(data / "train.json"), read_scenes(data / "val.json", first_only=True)
+            report = train_readouts(
+                vlm, scenes, val, schedule, args.batch_size, args.lr, args.seed, args.heads, args.anchor,
+                args.eval_every,
             )  # fmt: skip
             vlm.save_pretrained(start)
-            (start / "readout.json").write_text(json.dumps({"schedule": schedule, "readout": log}, indent=1))
+            (start / "readout.json").write_text(
+                json.dumps({"schedule": schedule, "readout": report["log"]}, indent=1)
+            )
         result |= json.loads((start / "readout.json").read_text())
         if args.score_readouts:  # the base's language model reading the readouts' tower, no AR
             if not (start / "scores.json").exists():
@@ -420,8 +236,6 @@ def main() -> None:
     arms = args.arms.split(",")
     if unknown := sorted(set(arms) - set(ARMS)):
         parser.error(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
-    if bad := sorted(set(args.alone.split(",")) - set(TASKS)):
-        parser.error(f"--alone names {', '.join(bad)}: choose from {', '.join(TASKS)}")
     try:
         args.ar_repeat = parse_repeat(args.ar_repeat)
     except ValueError as error:
@@ -434,8 +248,8 @@ def main() -> None:
         parser.error("the `ar` arm is the AR stage's control: give --ar-steps")
     if "curriculum" in arms:
         try:
-            phases("curriculum", args.steps, args.alone.split(","), args.alone_steps)
-        except ValueError as error:
+            curriculum(args.steps, args.alone.split(","), args.alone_steps)
+        except FastDVLMError as error:
             parser.error(str(error))
     work = Path(args.workdir)
     data = work / "data"

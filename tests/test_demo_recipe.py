@@ -20,7 +20,8 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
     side = TOY_SIDE[family]
     recipe = DemoRecipe(
         family=family, image_size=side, size=TinySize(image_size=side), train_per_task=2, eval_per_task=1,
-        glyph_steps=2, vision_steps=2, ar_steps=2, ar_restart_steps=2, convert_steps=2, batch_size=4,
+        glyph_steps=2, vision_steps=2, ar_steps=2, readout_steps=3, readout_alone=("spatial",),
+        readout_alone_steps=1, readout_heads=2, ar_restart_steps=2, convert_steps=2, batch_size=4,
         vocab_size=300,
     )  # fmt: skip
     paths = make_demo(tmp_path, recipe, export=False)
@@ -28,12 +29,29 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
     for stage, steps in (("ar", 2), ("ar-restart", 2), ("converted", 2)):
         log = [json.loads(line) for line in (tmp_path / stage / "train_log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in log] == list(range(1, steps + 1))
-    first, second = (DiffusionVLM.from_pretrained(tmp_path / s) for s in ("ar", "ar-restart"))
-    assert any(  # the second cycle trained on from the first
-        not p.equal(q) for p, q in zip(first.model.parameters(), second.model.parameters(), strict=True)
-    )
+    readouts = json.loads((tmp_path / "readouts" / "readouts.json").read_text())
+    assert readouts["schedule"] == [["spatial", 1], ["together", 2]] and readouts["heads"] == 2
+    assert [row["step"] for row in readouts["log"]] == [1, 3]
+    stages = ("ar", "readouts", "ar-restart")
+    first, tower, second = (DiffusionVLM.from_pretrained(tmp_path / s) for s in stages)
+
+    def changed(a: DiffusionVLM, b: DiffusionVLM) -> set[str]:
+        """Which side moved between `a` and `b`: "vision", "language" or both."""
+        theirs = dict(b.model.named_parameters())
+        moved = [n for n, p in a.model.named_parameters() if not p.equal(theirs[n])]
+        return {"language" if n.startswith(("model.language_model", "lm_head")) else "vision" for n in moved}
+
+    # the readouts moved the vision side only; the second cycle trained on from them
+    assert changed(first, tower) == {"vision"} and "language" in changed(tower, second)
+    # the second cycle's split holds each spatial record five times
+    repeated = json.loads((tmp_path / "data" / "train-repeat-spatial5.json").read_text())
+    train = json.loads((tmp_path / "data" / "train.json").read_text())
+    assert [r["task"] for r in repeated].count("spatial") == 5 * [r["task"] for r in train].count("spatial")
+    assert len(repeated) == len(train) + 4 * [r["task"] for r in train].count("spatial")
     timings = json.loads((tmp_path / "recipe.json").read_text())["timings"]
-    assert set(timings) == {"data", "glyph pre-training", "vision pre-training", "AR training", "conversion"}
+    assert set(timings) == {
+        "data", "glyph pre-training", "vision pre-training", "binding readouts", "AR training", "conversion"
+    }  # fmt: skip
     assert json.loads((tmp_path / "glyph" / "pretrain.json").read_text())["steps"] == 2
     stamp = (tmp_path / "converted" / "model.safetensors").stat().st_mtime_ns
     make_demo(tmp_path, recipe, export=False)
@@ -53,7 +71,18 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
 
 def test_a_workdir_resumed_with_other_settings_is_refused(tmp_path):
     recipe = DemoRecipe(train_per_task=1, eval_per_task=1, glyph_steps=0, vision_steps=1, ar_steps=1,
-                        ar_restart_steps=1, convert_steps=1, batch_size=2, vocab_size=300)  # fmt: skip
+                        readout_steps=0, ar_restart_steps=1, convert_steps=1, batch_size=2,
+                        vocab_size=300)  # fmt: skip
     make_demo(tmp_path, recipe, export=False)
+    assert not (tmp_path / "readouts").exists()  # no readout steps: the stage is skipped
     with pytest.raises(FastDVLMError, match="ar_steps differ"):
         make_demo(tmp_path, replace(recipe, ar_steps=3), export=False)
+
+
+def test_a_recipe_that_contradicts_itself_is_refused_before_any_training():
+    with pytest.raises(FastDVLMError, match="counting: not a binding task"):
+        DemoRecipe(readout_alone=("counting",))
+    with pytest.raises(FastDVLMError, match="leave nothing"):
+        DemoRecipe(readout_steps=600, readout_alone_steps=200)
+    with pytest.raises(FastDVLMError, match="ar_restart_repeat colour=2"):
+        DemoRecipe(ar_restart_repeat={"colour": 2})

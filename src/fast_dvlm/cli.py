@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         "make-demo",
         help="build the demo models from scratch (data, tokenizer, AR training, conversion)",
         description="The demo recipe (fast_dvlm.demo.recipe.DemoRecipe: a tiny FastVLM-architecture model): "
-        "procedural data, offline tokenizer, vision-tower pre-training, AR training from scratch, direct "
-        "conversion, fp16 export to the package assets. Resumable: rerun the same command after a stop.",
+        "procedural data, offline tokenizer, vision-tower pre-training, AR training from scratch, binding "
+        "readouts, a second AR cycle, direct conversion, fp16 export to the package assets. Resumable: "
+        "rerun the same command after a stop.",
     )
     make.add_argument("--workdir", default="runs/demo", help="where data, logs and checkpoints go")
     make.add_argument("--no-export", action="store_true", help="do not overwrite the shipped assets")

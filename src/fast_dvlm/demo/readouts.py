@@ -1,0 +1,252 @@
+"""Binding readouts: put into the vision tower which entity each value belongs to (issue 17).
+
+Five tasks ask about one entity among several in the image: `spatial` (where is the red shape
+relative to the blue one), `chart` (the red bar's value), `diagram` (the shape labelled B),
+`presence` (is there a red circle) and `map` (the city in the red region). Trained through the
+language model alone, the tower never learns these bindings: the AR base answers them with another
+entity's answer. Here a small readout per task asks for the binding directly: each entity the
+question names attends over the visual tokens by content and an MLP names the answer; its gradient
+trains the tower and projector (never the language model). Measured in `benchmarks/binding_readouts.py`:
+
+- one readout learns a binding or not depending on its seed (spatial alone after 300 steps: 48, 80
+  and 80% for seeds 0-2); four per task, scored by their mean logits, reach 93% after 200 steps;
+- trained together from the start, the five stay near chance; a curriculum (spatial, chart and
+  diagram alone for 300 steps each, then the five together) holds spatial at 92%;
+- the language model then reads the tower's spatial binding (92%) when the next AR cycle sees the
+  spatial records five times per epoch and trains the tower too, which also gives back what the
+  readouts took from the text and digit tasks (validation mean 57.7% against 54.7% before).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from ..data.draw import COLOURS, SHAPES
+from ..data.scenes import LETTERS
+from ..errors import FastDVLMError
+from ..vlm import DiffusionVLM
+from .vision_pretrain import Scene, resume_checkpoint, save_checkpoint, visual_tokens
+
+ENTITIES = (*sorted(COLOURS), *LETTERS, *SHAPES)  # what a question can name; id 0 pads
+QUESTIONS = {
+    "spatial": re.compile(r"Where is the (\w+) \w+ relative to the (\w+) \w+\?"),
+    "chart": re.compile(r"What is the value of the (\w+) bar\?"),
+    "diagram": re.compile(r"What shape is labelled (\w)\?"),
+    "presence": re.compile(r"Is there a (\w+) (\w+) in the image\?"),
+    "map": re.compile(r"Which city is in the (\w+) region\? (.*)"),
+}
+BINDING_TASKS = tuple(QUESTIONS)
+
+
+def binding(task: str, question: str, key: str) -> tuple[list[int], str]:
+    """The entities `question` names (ids, padded to two) and the answer to read for them; for `map`
+    the city itself rather than its option letter, since the options are shuffled per question."""
+    form = QUESTIONS.get(task)
+    match = form.fullmatch(question) if form else None
+    if match is None:
+        raise ValueError(f"not a {task} binding question: {question!r}")
+    names, answer = list(match.groups()), key
+    if task == "map":
+        answer = dict(re.findall(r"([A-C])\. (\w+)", names.pop()))[key]
+    ids = [ENTITIES.index(name) + 1 for name in names]
+    return ids + [0] * (2 - len(ids)), answer
+
+
+def curriculum(steps: int, alone: list[str], alone_steps: int) -> list[tuple[str, int]]:
+    """(task or "together", steps) in training order: each task of `alone` alone, then the five
+    together for the rest of `steps` (no `alone`: together throughout)."""
+    if bad := sorted(set(alone) - set(BINDING_TASKS)):
+        raise FastDVLMError(
+            f"readouts alone: {', '.join(bad)}: not a binding task (those are {', '.join(BINDING_TASKS)})"
+        )
+    if len(alone) * alone_steps >= steps:
+        raise FastDVLMError(
+            f"the curriculum's {len(alone)} x {alone_steps} steps alone leave nothing of the {steps} "
+            "steps for the tasks together: raise the steps or lower the steps alone"
+        )
+    return [(task, alone_steps) for task in alone] + [("together", steps - len(alone) * alone_steps)]
+
+
+class EntityReadout(nn.Module):
+    """Each named entity attends over the visual tokens by content (no position, as a language
+    model's attention would find it); an MLP reads the attended values and names the answer."""
+
+    def __init__(self, dim: int, answers: int) -> None:
+        super().__init__()
+        self.entity = nn.Embedding(len(ENTITIES) + 1, dim)
+        self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.read = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, answers))
+
+    def forward(self, tokens: torch.Tensor, entities: torch.Tensor) -> torch.Tensor:
+        """`tokens` `[B, N, D]`, `entities` `[B, 2]` -> answer logits `[B, answers]`."""
+        keys = self.key(tokens)
+        weights = torch.softmax(self.entity(entities) @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5, -1)
+        return self.read((weights @ self.value(tokens)).flatten(1))
+
+
+class Readouts:
+    """`heads` `EntityReadout`s per binding task over `vlm`'s visual tokens, each from its own
+    initialisation (one alone learns a binding or not depending on its seed); the answer labels are
+    those of the training scenes."""
+
+    def __init__(self, vlm: DiffusionVLM, train: list[Scene], heads: int = 1) -> None:
+        self.vlm = vlm
+        self.answers = {
+            task: sorted({binding(task, q, k)[1] for s in train if s.task == task for q, k in s.questions})
+            for task in BINDING_TASKS
+        }
+        dim = vlm.model.config.text_config.hidden_size
+        self.heads = nn.ModuleDict(
+            {
+                task: nn.ModuleList(EntityReadout(dim, len(self.answers[task])) for _ in range(heads))
+                for task in BINDING_TASKS
+            }
+        )
+
+    def tokens(self, scenes: list[Scene]) -> torch.Tensor:
+        """The visual tokens of every scene's image, in one tower call."""
+        return visual_tokens(self.vlm, [Image.open(s.image).convert("RGB") for s in scenes])
+
+    def logits(
+        self, task: str, scenes: list[Scene], tokens: torch.Tensor, first_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each head's logits `[heads, questions, answers]` and the answer indices for the questions
+        of `scenes` (all of `task`), read from their visual tokens `tokens`."""
+        rows, entities, answers = [], [], []
+        for row, scene in enumerate(scenes):
+            for question, key in scene.questions[:1] if first_only else scene.questions:
+                ids, answer = binding(task, question, key)
+                rows.append(row), entities.append(ids)
+                answers.append(self.answers[task].index(answer) if answer in self.answers[task] else -100)
+        logits = [head(tokens[rows], torch.tensor(entities)) for head in self.heads[task]]
+        return torch.stack(logits), torch.tensor(answers)
+
+    def loss(self, scenes: list[Scene]) -> torch.Tensor:
+        """Cross-entropy averaged within each task, then over the tasks in the batch."""
+        tokens, losses = self.tokens(scenes), []
+        for task in sorted({s.task for s in scenes}):
+            rows = [k for k, s in enumerate(scenes) if s.task == task]
+            logits, answers = self.logits(task, [scenes[k] for k in rows], tokens[rows])
+            losses.append(F.cross_entropy(logits.flatten(0, 1), answers.repeat(len(logits))))
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def accuracy(self, val: list[Scene]) -> dict[str, float]:
+        """Percent right per binding task over `val`'s first questions (the heads' mean logits)."""
+        self.vlm.model.eval()
+        out = {}
+        for task in BINDING_TASKS:
+            scenes = [s for s in val if s.task == task]
+            logits, answers = self.logits(task, scenes, self.tokens(scenes), first_only=True)
+            out[task] = 100.0 * (logits.mean(0).argmax(-1) == answers).float().mean().item()
+        self.vlm.model.train()
+        return out
+
+
+def train_readouts(
+    vlm: DiffusionVLM,
+    scenes: list[Scene],
+    val: list[Scene],
+    schedule: list[tuple[str, int]],
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    heads: int = 1,
+    anchor_weight: float = 0.0,
+    eval_every: int = 300,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 250,
+    progress: bool = True,
+) -> dict:
+    """Train `vlm`'s tower and projector in place under the readouts, phase by phase (`schedule`,
+    from `curriculum`); `scenes` the training split, `val` the validation split's scenes. Returns
+    the readouts' validation accuracy at each phase's end and every `eval_every` steps, and the time.
+
+    With `anchor_weight`, every step also draws half a batch of the other tasks' scenes and adds
+    `anchor_weight` times the distance of their visual tokens from the starting tower's (mean squared
+    error over the mean square): what the language model reads there should not move. With
+    `checkpoint` (a file), the whole state is saved there every `checkpoint_every` steps and picked up
+    by a rerun on the same starting model, which then continues as the uninterrupted run would have."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    by_task = {task: [s for s in scenes if s.task == task] for task in BINDING_TASKS}
+    others = [s for s in scenes if s.task not in BINDING_TASKS]
+    val = [s for s in val if s.task in BINDING_TASKS]
+    reference = copy.deepcopy(vlm) if anchor_weight else None  # the starting tower, never trained
+    if reference is not None:
+        reference.model.eval()
+    readouts = Readouts(vlm, [s for task in BINDING_TASKS for s in by_task[task]], heads)
+    trained = vlm.vision_parameters() + list(readouts.heads.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
+    plan = [phase for phase, steps in schedule for _ in range(steps)]
+    scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=min(50, len(plan) // 10))
+    state, done, seconds = resume_checkpoint(checkpoint, optimizer, rng)
+    log = []
+    if state:
+        vlm.model.load_state_dict(state["model"])
+        readouts.heads.load_state_dict(state["heads"])
+        scheduler.load_state_dict(state["scheduler"])
+        log = state["log"]
+    started = time.perf_counter() - seconds
+    vlm.model.train()
+    bar = tqdm(
+        range(done, len(plan)), "binding readouts", initial=done, total=len(plan), disable=not progress
+    )
+    for step in bar:
+        phase = plan[step]
+        pool = [s for task in BINDING_TASKS for s in by_task[task]] if phase == "together" else by_task[phase]
+        loss = readouts.loss(rng.sample(pool, min(batch_size, len(pool))))  # toy splits hold fewer
+        if reference is not None:
+            drawn = rng.sample(others, min(batch_size // 2, len(others)))
+            images = [Image.open(s.image).convert("RGB") for s in drawn]
+            with torch.no_grad():
+                target = visual_tokens(reference, images)
+            drift = F.mse_loss(visual_tokens(vlm, images), target) / target.pow(2).mean()
+            loss = loss + anchor_weight * drift
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        bar.set_postfix(phase=phase, loss=f"{loss.item():.3f}")
+        done = step + 1
+        if done % eval_every == 0 or done == len(plan) or plan[done] != phase:
+            row = {
+                "step": done,
+                "phase": phase,
+                "loss": loss.item(),
+                "seconds": time.perf_counter() - started,
+            }
+            log.append(row | {"val": readouts.accuracy(val)})
+            bar.write(f"readouts at step {done} ({phase}): {json.dumps(log[-1]['val'])}")
+        if checkpoint is not None and done % checkpoint_every == 0 and done < len(plan):
+            weights = {"model": vlm.model.state_dict(), "heads": readouts.heads.state_dict(),
+                       "scheduler": scheduler.state_dict(), "log": log}  # fmt: skip
+            save_checkpoint(checkpoint, weights, optimizer, rng, done, time.perf_counter() - started)
+    vlm.model.eval()
+    return {"schedule": schedule, "heads": heads, "log": log, "seconds": time.perf_counter() - started}
+
+
+def repeated_split(train_file: Path, repeat: dict[str, int]) -> Path:
+    """The training split with each record of a task in `repeat` written that many times, next to
+    the split so its image paths still resolve (the trainer shuffles every epoch)."""
+    if not repeat:
+        return train_file
+    name = "-".join(f"{task}{times}" for task, times in sorted(repeat.items()))
+    out = train_file.with_name(f"{train_file.stem}-repeat-{name}.json")
+    if not out.exists():
+        records = json.loads(train_file.read_text())
+        out.write_text(json.dumps([r for r in records for _ in range(repeat.get(r["task"], 1))]))
+    return out
