@@ -63,6 +63,8 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
     card = (tmp_path / "export" / "README.md").read_text()
     assert f"fast-dvlm make-demo --workdir {tmp_path}`" in card
     assert ARCHITECTURES[family] in card
+    assert "binding readouts (`fast_dvlm.demo.readouts`): 3 steps, 2 readouts a task" in card
+    assert "records of spatial x5\n  repeated" in card
     rows = [
         line.split("|")[1:4] for line in card.splitlines() if line.startswith("| ") and "items" not in line
     ]

@@ -268,6 +268,14 @@ def write_model_card(
     params = sum(p.numel() for p in vlm.model.parameters())
     stage = "AR base, trained from scratch" if name == "demo-ar" else "converted with the direct recipe"
     split_sizes = f"{recipe.eval_per_task} validation and {recipe.eval_per_task} test images"
+    alone = ", ".join(recipe.readout_alone) or "no task"
+    readouts = (
+        f"\n- binding readouts (`fast_dvlm.demo.readouts`): {recipe.readout_steps} steps, "
+        f"{recipe.readout_heads} readouts a task, lr {recipe.readout_lr};\n  {alone} alone for "
+        f"{recipe.readout_alone_steps} steps each first, then the five binding tasks together"
+        if recipe.readout_steps
+        else ""
+    )
     repeat = ", ".join(f"{task} x{times}" for task, times in recipe.ar_restart_repeat.items()) or "no task"
     hours = ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in timings.items())
     (folder / "README.md").write_text(
@@ -282,11 +290,9 @@ Made by `fast-dvlm make-demo --workdir {workdir}` (recipe: `fast_dvlm.demo.recip
   `fast_dvlm.demo.glyph_pretrain`, lr {recipe.glyph_lr}), then {recipe.vision_steps} steps of batch
   {recipe.batch_size}, lr {recipe.vision_lr}, every question of each image answered by a small
   classifier head (stage 0, `fast_dvlm.demo.vision_pretrain`)
-- AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr}; then
-  {recipe.readout_steps} steps of binding readouts ({recipe.readout_heads} a task, lr {recipe.readout_lr},
-  {", ".join(recipe.readout_alone)} alone for {recipe.readout_alone_steps} steps each first, then
-  the five binding tasks together: `fast_dvlm.demo.readouts`); then a second AR cycle of
-  {recipe.ar_restart_steps} steps at lr {recipe.ar_restart_lr}, records of {repeat} repeated
+- AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr}{readouts}
+- a second AR cycle: {recipe.ar_restart_steps} steps at lr {recipe.ar_restart_lr}, records of {repeat}
+  repeated
 - conversion: {recipe.convert_steps} steps of batch {recipe.batch_size}, lr {recipe.convert_lr}
 - time on 2 CPU cores: {hours}
 
