@@ -45,7 +45,8 @@ class DemoRecipe:
     visual tokens (stride 64), feeding a 4-layer Qwen2 of width 256 (1-D RoPE): 4.8M parameters.
     Sized for the 150-minute budget from step times measured alone on 2 cores (reading pretext
     0.39 s, stage 0 0.43 s, AR 1.09 s, conversion 1.64 s: 118 minutes of training, 120 with the
-    data, in the run that made the shipped checkpoints)."""
+    data, in the run that made the shipped checkpoints; the binding readouts add 1500 steps of
+    about 0.34 s, 8.5 minutes, in benchmarks/binding_readouts.py)."""
 
     family: str = "fast_vlm"  # any family with a tiny builder (`fast_dvlm.models.tiny`)
     image_size: int = DEMO_SIDE
