@@ -246,9 +246,9 @@ def main() -> None:
         parser.error(f"--heads must be at least 1, got {args.heads}")
     if "ar" in arms and not args.ar_steps:
         parser.error("the `ar` arm is the AR stage's control: give --ar-steps")
-    if "curriculum" in arms:
+    for arm in set(arms) - {"ar"}:
         try:
-            curriculum(args.steps, args.alone.split(","), args.alone_steps)
+            curriculum(args.steps, args.alone.split(",") if arm == "curriculum" else [], args.alone_steps)
         except FastDVLMError as error:
             parser.error(str(error))
     work = Path(args.workdir)

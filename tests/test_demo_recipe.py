@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from fast_dvlm import DiffusionVLM
+from fast_dvlm.demo import recipe as recipe_module
 from fast_dvlm.demo.recipe import ARCHITECTURES, DemoRecipe, export_fp16, make_demo, write_model_card
 from fast_dvlm.errors import FastDVLMError
 from fast_dvlm.models.family import TinySize
+from fast_dvlm.train.trainer import convert
 
 TOY_SIDE = {"qwen2_5_vl": 56, "fast_vlm": 128}  # FastViT's stride is 64: a 2x2 grid at least
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "fast_vlm"])
-def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
+def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family, monkeypatch):
+    trained_from = {}  # each AR/conversion stage: the model and the split it trained from
+
+    def recorded(base, data, out, config, *args, **kwargs):
+        trained_from[Path(out).name] = (Path(base).name, Path(data).name)
+        return convert(base, data, out, config, *args, **kwargs)
+
+    monkeypatch.setattr(recipe_module, "convert", recorded)
     side = TOY_SIDE[family]
     recipe = DemoRecipe(
         family=family, image_size=side, size=TinySize(image_size=side), train_per_task=2, eval_per_task=1,
@@ -41,8 +51,14 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family):
         moved = [n for n, p in a.model.named_parameters() if not p.equal(theirs[n])]
         return {"language" if n.startswith(("model.language_model", "lm_head")) else "vision" for n in moved}
 
-    # the readouts moved the vision side only; the second cycle trained on from them
+    # the readouts moved the vision side only; the second cycle trained on from them, on the split
+    # with each spatial record five times
     assert changed(first, tower) == {"vision"} and "language" in changed(tower, second)
+    assert trained_from == {
+        "ar": ("vision", "train.json"),
+        "ar-restart": ("readouts", "train-repeat-spatial5.json"),
+        "converted": ("ar-restart", "train.json"),
+    }
     # the second cycle's split holds each spatial record five times
     repeated = json.loads((tmp_path / "data" / "train-repeat-spatial5.json").read_text())
     train = json.loads((tmp_path / "data" / "train.json").read_text())
@@ -88,3 +104,5 @@ def test_a_recipe_that_contradicts_itself_is_refused_before_any_training():
         DemoRecipe(readout_steps=600, readout_alone_steps=200)
     with pytest.raises(FastDVLMError, match="ar_restart_repeat colour=2"):
         DemoRecipe(ar_restart_repeat={"colour": 2})
+    with pytest.raises(FastDVLMError, match="readout_heads: at least one"):
+        DemoRecipe(readout_heads=0)

@@ -57,6 +57,10 @@ def test_the_curriculum_takes_its_tasks_alone_first_and_keeps_the_total():
         stage.curriculum(60, ["spatial", "chart"], 30)
     with pytest.raises(FastDVLMError, match="counting: not a binding task"):
         stage.curriculum(100, ["counting"], 30)
+    with pytest.raises(FastDVLMError, match="each task once"):
+        stage.curriculum(100, ["spatial", "spatial"], 30)
+    with pytest.raises(FastDVLMError, match="at least 1 step a task"):
+        stage.curriculum(100, ["spatial"], -5)
 
 
 def test_a_readout_finds_entities_by_content_not_position():
@@ -109,29 +113,33 @@ def test_the_anchor_keeps_the_other_tasks_visual_tokens_nearer_the_base(split):
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(split, tmp_path, monkeypatch):
     scenes, val = read_scenes(split["train"]), read_scenes(split["val"], first_only=True)
-
-    def run(checkpoint=None):
-        vlm = tiny_vlm()
-        report = stage.train_readouts(vlm, scenes, val, [("spatial", 2), ("together", 3)], 2, 1e-3, heads=2,
-                                      eval_every=2, checkpoint=checkpoint, checkpoint_every=2,
-                                      progress=False)  # fmt: skip
-        return vlm.model.state_dict(), [(row["step"], row["val"]) for row in report["log"]]
-
-    whole, log = run()
+    schedule = [("spatial", 4), ("together", 16)]  # 20 steps: 2 of warm-up, so the crash falls in it
     loss, calls = stage.Readouts.loss, []
 
-    def crash_on_fourth_step(self, *args):
+    def counted(self, *args):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == crash_at:
             raise KeyboardInterrupt
         return loss(self, *args)
 
-    monkeypatch.setattr(stage.Readouts, "loss", crash_on_fourth_step)
+    def run(checkpoint=None):
+        vlm = tiny_vlm()
+        report = stage.train_readouts(vlm, scenes, val, schedule, 2, 1e-2, heads=2, anchor_weight=1.0,
+                                      eval_every=5, checkpoint=checkpoint, checkpoint_every=1,
+                                      progress=False)  # fmt: skip
+        return vlm.model.state_dict(), [(row["step"], row["val"]) for row in report["log"]]
+
+    monkeypatch.setattr(stage.Readouts, "loss", counted)
+    crash_at = 0
+    whole, log = run()
+    crash_at = len(calls) + 2  # on the second step: the checkpoint holds step 1, inside the warm-up
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "readouts.pt")
-    monkeypatch.setattr(stage.Readouts, "loss", loss)
+    assert (tmp_path / "readouts.pt").is_file()
+    calls.clear()
     resumed, resumed_log = run(tmp_path / "readouts.pt")
-    assert [step for step, _ in log] == [2, 4, 5] and resumed_log == log
+    assert len(calls) == 19  # the resumed run trained the 19 steps left, not all 20
+    assert [step for step, _ in log] == [4, 5, 10, 15, 20] and resumed_log == log
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
 
 
@@ -144,3 +152,12 @@ def test_the_ar_stage_can_oversample_tasks(split):
     again = [s.task for s in read_scenes(repeated)]
     assert all(again.count(t) == tasks.count(t) * {"spatial": 3, "chart": 2}.get(t, 1) for t in set(tasks))
     assert all(s.image.is_file() for s in read_scenes(repeated))
+
+
+def test_readouts_that_cannot_train_are_refused_before_any_step(split):
+    scenes, val = read_scenes(split["train"]), read_scenes(split["val"], first_only=True)
+    with pytest.raises(FastDVLMError, match="at least one a task"):
+        stage.train_readouts(tiny_vlm(), scenes, val, [("together", 2)], 2, 1e-3, heads=0, progress=False)
+    binding_only = [s for s in scenes if s.task in stage.BINDING_TASKS]
+    with pytest.raises(FastDVLMError, match="the split has none"):
+        stage.train_readouts(tiny_vlm(), binding_only, val, [("together", 2)], 2, 1e-3, anchor_weight=1.0)

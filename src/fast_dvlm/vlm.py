@@ -143,7 +143,8 @@ class DiffusionVLM:
     def vision_modules(self) -> list[nn.Module]:
         """The vision side, tower and projector, whatever the family: every part of the model but the
         language model (what vision pre-training trains and `freeze_vision` keeps). Empty for a
-        text-only model, whose parts are all the language model's."""
+        text-only model, whose parts are all the language model's. (A parameter held by `model.model`
+        itself, outside its parts, is not counted: no supported family has one.)"""
         parts = dict(self.model.model.named_children())
         if "language_model" not in parts:
             return []

@@ -9,12 +9,16 @@ question names attends over the visual tokens by content and an MLP names the an
 trains the tower and projector (never the language model). Measured in `benchmarks/binding_readouts.py`:
 
 - one readout learns a binding or not depending on its seed (spatial alone after 300 steps: 48, 80
-  and 80% for seeds 0-2); four per task, scored by their mean logits, reach 93% after 200 steps;
+  and 78% for seeds 0-2); four per task, scored by their mean logits, reach 93% after 200 steps;
 - trained together from the start, the five stay near chance; a curriculum (spatial, chart and
   diagram alone for 300 steps each, then the five together) holds spatial at 92%;
 - the language model then reads the tower's spatial binding (92%) when the next AR cycle sees the
   spatial records five times per epoch and trains the tower too, which also gives back what the
   readouts took from the text and digit tasks (validation mean 57.7% against 54.7% before).
+
+Those figures start from the finished AR base (`demo-ar`, both AR cycles) and add 2000 AR steps; the
+recipe puts the readouts between its two cycles instead, to stay in its time budget, so its own
+run is what measures them there.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ def binding(task: str, question: str, key: str) -> tuple[list[int], str]:
 def curriculum(steps: int, alone: list[str], alone_steps: int) -> list[tuple[str, int]]:
     """(task or "together", steps) in training order: each task of `alone` alone, then the five
     together for the rest of `steps` (no `alone`: together throughout)."""
+    if len(set(alone)) < len(alone):
+        raise FastDVLMError(f"readouts alone: each task once, got {', '.join(alone)}")
+    if alone and alone_steps < 1:
+        raise FastDVLMError(f"readouts alone: at least 1 step a task, got {alone_steps}")
     if bad := sorted(set(alone) - set(BINDING_TASKS)):
         raise FastDVLMError(
             f"readouts alone: {', '.join(bad)}: not a binding task (those are {', '.join(BINDING_TASKS)})"
@@ -172,18 +180,23 @@ def train_readouts(
 ) -> dict:
     """Train `vlm`'s tower and projector in place under the readouts, phase by phase (`schedule`,
     from `curriculum`); `scenes` the training split, `val` the validation split's scenes. Returns
-    the readouts' validation accuracy at each phase's end and every `eval_every` steps, and the time.
+    the schedule, the heads per task, the readouts' validation accuracy at each phase's end and
+    every `eval_every` steps (`log`), and the time.
 
     With `anchor_weight`, every step also draws half a batch of the other tasks' scenes and adds
     `anchor_weight` times the distance of their visual tokens from the starting tower's (mean squared
     error over the mean square): what the language model reads there should not move. With
     `checkpoint` (a file), the whole state is saved there every `checkpoint_every` steps and picked up
     by a rerun on the same starting model, which then continues as the uninterrupted run would have."""
+    if heads < 1:
+        raise FastDVLMError(f"readouts: at least one a task, got {heads}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     by_task = {task: [s for s in scenes if s.task == task] for task in BINDING_TASKS}
     others = [s for s in scenes if s.task not in BINDING_TASKS]
     val = [s for s in val if s.task in BINDING_TASKS]
+    if anchor_weight and not others:
+        raise FastDVLMError("the anchor holds the other tasks' visual tokens, but the split has none")
     reference = copy.deepcopy(vlm) if anchor_weight else None  # the starting tower, never trained
     if reference is not None:
         reference.model.eval()
@@ -230,7 +243,8 @@ def train_readouts(
                 "seconds": time.perf_counter() - started,
             }
             log.append(row | {"val": readouts.accuracy(val)})
-            bar.write(f"readouts at step {done} ({phase}): {json.dumps(log[-1]['val'])}")
+            if progress:
+                bar.write(f"readouts at step {done} ({phase}): {json.dumps(log[-1]['val'])}")
         if checkpoint is not None and done % checkpoint_every == 0 and done < len(plan):
             weights = {"model": vlm.model.state_dict(), "heads": readouts.heads.state_dict(),
                        "scheduler": scheduler.state_dict(), "log": log}  # fmt: skip
@@ -246,7 +260,9 @@ def repeated_split(train_file: Path, repeat: dict[str, int]) -> Path:
         return train_file
     name = "-".join(f"{task}{times}" for task, times in sorted(repeat.items()))
     out = train_file.with_name(f"{train_file.stem}-repeat-{name}.json")
-    if not out.exists():
+    if not out.exists():  # written whole or not at all: a later run trusts what it finds
         records = json.loads(train_file.read_text())
-        out.write_text(json.dumps([r for r in records for _ in range(repeat.get(r["task"], 1))]))
+        partial = out.with_suffix(".tmp")
+        partial.write_text(json.dumps([r for r in records for _ in range(repeat.get(r["task"], 1))]))
+        partial.replace(out)
     return out
