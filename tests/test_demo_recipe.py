@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from fast_dvlm import DiffusionVLM
+from fast_dvlm import DiffusionVLM, cli
 from fast_dvlm.demo import recipe as recipe_module
-from fast_dvlm.demo.recipe import ARCHITECTURES, DemoRecipe, export_fp16, make_demo, write_model_card
+from fast_dvlm.demo.recipe import (
+    ARCHITECTURES,
+    DemoRecipe,
+    describe_timings,
+    export_fp16,
+    make_demo,
+    write_model_card,
+)
 from fast_dvlm.errors import FastDVLMError
 from fast_dvlm.models.family import TinySize
 from fast_dvlm.train.trainer import convert
@@ -65,6 +72,7 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family, monkeypatch):
     assert [r["task"] for r in repeated].count("spatial") == 5 * [r["task"] for r in train].count("spatial")
     assert len(repeated) == len(train) + 4 * [r["task"] for r in train].count("spatial")
     timings = json.loads((tmp_path / "recipe.json").read_text())["timings"]
+    assert describe_timings(timings).endswith(f"; {sum(timings.values()):.1f} min in all")
     assert set(timings) == {
         "data", "glyph pre-training", "vision pre-training", "binding readouts", "AR training", "conversion"
     }  # fmt: skip
@@ -81,6 +89,7 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family, monkeypatch):
     assert ARCHITECTURES[family] in card
     assert "binding readouts (`fast_dvlm.demo.readouts`): 3 steps, 2 readouts a task" in card
     assert "records of spatial x5\n  repeated" in card
+    assert f"time on 2 CPU cores: {describe_timings(timings)}" in card
     rows = [
         line.split("|")[1:4] for line in card.splitlines() if line.startswith("| ") and "items" not in line
     ]
@@ -106,3 +115,17 @@ def test_a_recipe_that_contradicts_itself_is_refused_before_any_training():
         DemoRecipe(ar_restart_repeat={"colour": 2})
     with pytest.raises(FastDVLMError, match="readout_heads: at least one"):
         DemoRecipe(readout_heads=0)
+
+
+def test_the_command_ends_with_the_recorded_timings_and_where_the_models_are(tmp_path, monkeypatch, capsys):
+    timings = {"data": 2.0, "AR training": 80.25}
+
+    def finished_run(workdir, export):
+        (Path(workdir) / "recipe.json").write_text(json.dumps({"timings": timings}))
+        return {"ar": Path(workdir) / "ar-restart", "converted": Path(workdir) / "converted"}
+
+    monkeypatch.setattr(recipe_module, "make_demo", finished_run)
+    assert cli.main(["make-demo", "--workdir", str(tmp_path), "--no-export"]) == 0
+    out = capsys.readouterr().out
+    assert "make-demo: data 2.0 min, AR training 80.2 min; 82.2 min in all" in out
+    assert f"converted: {tmp_path / 'converted'}" in out and "exported" not in out

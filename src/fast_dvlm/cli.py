@@ -137,9 +137,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
-    from .demo.recipe import make_demo
+    from .demo.recipe import describe_timings, make_demo
 
-    make_demo(args.workdir, export=not args.no_export)
+    paths = make_demo(args.workdir, export=not args.no_export)
+    timings = json.loads((Path(args.workdir) / "recipe.json").read_text())["timings"]
+    print(f"make-demo: {describe_timings(timings)}")
+    exported = "" if args.no_export else " (both exported to the package's assets: demo-ar, demo)"
+    print(f"AR base: {paths['ar']}, converted: {paths['converted']}{exported}")
 
 
 def cmd_experiments(args: argparse.Namespace) -> None:
