@@ -192,7 +192,8 @@ def train_readouts(
         raise FastDVLMError(f"readouts: at least one a task, got {heads}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    by_task = {task: [s for s in scenes if s.task == task] for task in BINDING_TASKS}
+    pools = {task: [s for s in scenes if s.task == task] for task in BINDING_TASKS}  # what each phase draws
+    pools["together"] = [s for task in BINDING_TASKS for s in pools[task]]
     others = [s for s in scenes if s.task not in BINDING_TASKS]
     val = [s for s in val if s.task in BINDING_TASKS]
     if anchor_weight and not others:
@@ -200,7 +201,7 @@ def train_readouts(
     reference = copy.deepcopy(vlm) if anchor_weight else None  # the starting tower, never trained
     if reference is not None:
         reference.model.eval()
-    readouts = Readouts(vlm, [s for task in BINDING_TASKS for s in by_task[task]], heads)
+    readouts = Readouts(vlm, pools["together"], heads)
     trained = vlm.vision_parameters() + list(readouts.heads.parameters())
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
     plan = [phase for phase, steps in schedule for _ in range(steps)]
@@ -219,7 +220,7 @@ def train_readouts(
     )
     for step in bar:
         phase = plan[step]
-        pool = [s for task in BINDING_TASKS for s in by_task[task]] if phase == "together" else by_task[phase]
+        pool = pools[phase]
         loss = readouts.loss(rng.sample(pool, min(batch_size, len(pool))))  # toy splits hold fewer
         if reference is not None:
             drawn = rng.sample(others, min(batch_size // 2, len(others)))
