@@ -40,7 +40,13 @@ import time
 from pathlib import Path
 
 from fast_dvlm.data import TASKS as DEMO_TASKS
-from fast_dvlm.demo.readouts import BINDING_TASKS, curriculum, repeated_split, train_readouts
+from fast_dvlm.demo.readouts import (
+    BINDING_TASKS,
+    READOUT_TASKS,
+    curriculum,
+    repeated_split,
+    train_readouts,
+)
 from fast_dvlm.demo.recipe import DemoRecipe, ar_config
 from fast_dvlm.demo.vision_pretrain import read_scenes
 from fast_dvlm.errors import FastDVLMError
@@ -85,15 +91,16 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
         alone = f"-{args.alone.replace(',', '+')}-alone-{args.alone_steps}" if arm == "curriculum" else ""
         heads = f"-{args.heads}-heads" if args.heads > 1 else ""
         anchor = f"-anchor-{args.anchor}" if args.anchor else ""
-        start = work / f"{arm}-{args.steps}-steps{alone}{heads}{anchor}-seed-{args.seed}"
+        tasks = f"-{'+'.join(args.tasks)}" if args.tasks != BINDING_TASKS else ""
+        start = work / f"{arm}-{args.steps}-steps{alone}{heads}{anchor}{tasks}-seed-{args.seed}"
         if not (start / "readout.json").exists():
             alone = args.alone.split(",") if arm == "curriculum" else []
-            schedule = curriculum(args.steps, alone, args.alone_steps)
+            schedule = curriculum(args.steps, alone, args.alone_steps, args.tasks)
             vlm = load(args.base)
-            scenes, val = read_scenes(data / "train.json"), read_scenes(data / "val.json", first_only=True)
+            scenes, val = read_scenes(data / "train.json"), read_scenes(data / "val.json")
             report = train_readouts(
                 vlm, scenes, val, schedule, args.batch_size, args.lr, args.seed, args.heads, args.anchor,
-                args.eval_every,
+                args.eval_every, tasks=args.tasks,
             )  # fmt: skip
             vlm.save_pretrained(start)
             (start / "readout.json").write_text(
@@ -132,11 +139,13 @@ def ar_variant(settings: dict) -> str:
 
 def markdown(results: dict, base: dict | None, settings: dict) -> str:
     """The readout table (accuracy per task at each logged step) and, after AR, the per-task table."""
+    readout_tasks = settings.get("tasks", TASKS)
     command = (
         f"`python -m benchmarks.binding_readouts --arms {','.join(results)} --steps {settings['steps']} "
         f"--alone {settings['alone']} --alone-steps {settings['alone_steps']} "
         f"--heads {settings.get('heads', 1)} --eval-every {settings.get('eval_every', 400)} "
         + (f"--anchor {settings['anchor']} " if settings.get("anchor") else "")
+        + (f"--tasks {','.join(readout_tasks)} " if tuple(readout_tasks) != TASKS else "")
         + ("--score-readouts " if settings.get("score_readouts") else "")
         + f"--ar-steps {settings['ar_steps']}{ar_variant(settings)}`"
     )
@@ -148,12 +157,12 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
         "Readout accuracy (the mean logits of a task's readouts): each validation record's first "
         "question, 60 a task.",
         "",
-        "| arm | step | phase | " + " | ".join(TASKS) + " | minutes |",
-        "|---|---|---|" + "---|" * (len(TASKS) + 1),
+        "| arm | step | phase | " + " | ".join(readout_tasks) + " | minutes |",
+        "|---|---|---|" + "---|" * (len(readout_tasks) + 1),
     ]
     for arm, r in results.items():
         for row in r.get("readout", []):
-            cells = " | ".join(f"{row['val'][t]:.1f}" for t in TASKS)
+            cells = " | ".join(f"{row['val'][t]:.1f}" for t in readout_tasks)
             lines.append(
                 f"| `{arm}` | {row['step']} | {row['phase']} | {cells} | {row['seconds'] / 60:.1f} |"
             )
@@ -229,6 +238,12 @@ def main() -> None:
         default=1,
         help="readouts per task, each from its own initialisation (scored as their mean logits)",
     )
+    parser.add_argument(
+        "--tasks",
+        default=",".join(BINDING_TASKS),
+        help=f"the readouts' tasks, of {', '.join(READOUT_TASKS)} (default: the five binding tasks; the "
+        "number tasks are read number by number)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="runs/binding_readouts", help="data, checkpoints, finished arms")
     parser.add_argument("--out", default=None, help="also write OUT.md (the tables) and OUT.json")
@@ -244,11 +259,13 @@ def main() -> None:
         parser.error(f"--anchor must be 0 or more, got {args.anchor}")
     if args.heads < 1:
         parser.error(f"--heads must be at least 1, got {args.heads}")
+    args.tasks = tuple(filter(None, args.tasks.split(",")))
     if "ar" in arms and not args.ar_steps:
         parser.error("the `ar` arm is the AR stage's control: give --ar-steps")
     for arm in set(arms) - {"ar"}:
         try:
-            curriculum(args.steps, args.alone.split(",") if arm == "curriculum" else [], args.alone_steps)
+            alone = args.alone.split(",") if arm == "curriculum" else []
+            curriculum(args.steps, alone, args.alone_steps, args.tasks)
         except FastDVLMError as error:
             parser.error(str(error))
     work = Path(args.workdir)

@@ -47,7 +47,8 @@ def test_an_arm_keeps_its_readout_stage_and_a_rerun_reuses_it(split, tmp_path, m
     data = split["train"].parent
     args = argparse.Namespace(base=str(base), steps=2, alone="spatial", alone_steps=1, batch_size=2, lr=1e-3,
                               seed=0, eval_every=100, ar_steps=0, ar_lr=5e-4, ar_repeat={},
-                              ar_freeze_tower=False, heads=1, anchor=0.0, score_readouts=False)  # fmt: skip
+                              ar_freeze_tower=False, heads=1, anchor=0.0, score_readouts=False,
+                              tasks=study.BINDING_TASKS)  # fmt: skip
     first = study.run_arm("curriculum", data, tmp_path / "work", args)
     assert first["schedule"] == [["spatial", 1], ["together", 1]]
     assert [row["step"] for row in first["readout"]] == [1, 2] and "after" not in first

@@ -107,7 +107,7 @@ def test_a_workdir_resumed_with_other_settings_is_refused(tmp_path):
 
 
 def test_a_recipe_that_contradicts_itself_is_refused_before_any_training():
-    with pytest.raises(FastDVLMError, match="counting: not a binding task"):
+    with pytest.raises(FastDVLMError, match="counting: not among the readouts. tasks"):
         DemoRecipe(readout_alone=("counting",))
     with pytest.raises(FastDVLMError, match="leave nothing"):
         DemoRecipe(readout_steps=600, readout_alone_steps=200)

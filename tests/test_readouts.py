@@ -5,6 +5,7 @@ language model, keeps the anchored tasks' tokens near the base, and resumes exac
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -49,14 +50,33 @@ def test_every_binding_question_names_its_entities_and_answer(split):
         stage.binding("counting", "How many circles?", "A")
 
 
+def test_the_number_readouts_ask_for_each_number_by_its_place(split):
+    scenes = {s.task: s for s in read_scenes(split["train"]) if s.task in stage.NUMBER_PLACES}
+    steps, arithmetic = scenes["steps"], scenes["arithmetic"]
+    first, second, third = stage.numbers(steps)  # as the answer lists them, left to right
+    assert f"are {first}, {second} and {third}." in steps.answer
+    assert int(first) + int(second) + int(third) == int(steps.questions[0][1])
+    larger, smaller = stage.numbers(arithmetic)
+    assert int(larger) >= int(smaller) and int(larger) + int(smaller) == int(arithmetic.questions[0][1])
+    assert stage.targets(steps) == [([1, 0], first), ([2, 0], second), ([3, 0], third)]
+    assert stage.targets(arithmetic, first_only=True) == [([1, 0], larger), ([2, 0], smaller)]
+    with pytest.raises(ValueError, match="without its numbers"):
+        stage.numbers(replace(steps, answer="The answer is 12."))
+    with pytest.raises(ValueError, match="without its sum and larger number"):
+        stage.numbers(replace(arithmetic, questions=arithmetic.questions[:1]))
+
+
 def test_the_curriculum_takes_its_tasks_alone_first_and_keeps_the_total():
     assert stage.curriculum(100, [], 30) == [("together", 100)]
     schedule = stage.curriculum(100, ["spatial", "chart"], 30)
     assert schedule == [("spatial", 30), ("chart", 30), ("together", 40)]
     with pytest.raises(FastDVLMError, match="leave nothing"):
         stage.curriculum(60, ["spatial", "chart"], 30)
-    with pytest.raises(FastDVLMError, match="counting: not a binding task"):
+    with pytest.raises(FastDVLMError, match="counting: not among the readouts' tasks"):
         stage.curriculum(100, ["counting"], 30)
+    with pytest.raises(FastDVLMError, match="counting: no readout"):
+        stage.curriculum(100, [], 30, ("spatial", "counting"))
+    assert stage.curriculum(100, ["steps"], 30, ("chart", "steps")) == [("steps", 30), ("together", 70)]
     with pytest.raises(FastDVLMError, match="each task once"):
         stage.curriculum(100, ["spatial", "spatial"], 30)
     with pytest.raises(FastDVLMError, match="at least 1 step a task"):
@@ -92,6 +112,20 @@ def test_readouts_train_the_tower_and_projector_and_leave_the_language_model(spl
     changed = {n for n, p in vlm.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed == {n for n in before if not n.startswith(("model.language_model", "lm_head"))}
     assert any("projector" in n for n in changed) and any("vision_tower" in n for n in changed)
+
+
+def test_number_readouts_train_beside_the_binding_ones(split):
+    vlm = tiny_vlm()
+    scenes, val = read_scenes(split["train"]), read_scenes(split["val"])
+    tasks = ("chart", "steps", "arithmetic")
+    report = stage.train_readouts(
+        vlm, scenes, val, [("steps", 1), ("together", 1)], 2, 1e-3, eval_every=9, progress=False, tasks=tasks
+    )
+    assert [row["phase"] for row in report["log"]] == ["steps", "together"]
+    assert all(set(row["val"]) == set(tasks) for row in report["log"])
+    readouts = stage.Readouts(vlm, [s for s in scenes if s.task in tasks], tasks=tasks)
+    assert readouts.heads["steps"][0].entity.num_embeddings == 4  # padding and three places
+    assert set(readouts.answers["steps"]) <= {str(d) for d in range(1, 10)}
 
 
 def test_the_anchor_keeps_the_other_tasks_visual_tokens_nearer_the_base(split):

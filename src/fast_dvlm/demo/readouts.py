@@ -52,6 +52,12 @@ QUESTIONS = {
     "map": re.compile(r"Which city is in the (\w+) region\? (.*)"),
 }
 BINDING_TASKS = tuple(QUESTIONS)
+# The number tasks name no entity: their readouts ask for each number by its place (`steps`: the
+# boxes from left to right, as its answer lists them) or its rank (`arithmetic`), so the tower has
+# to tell the numbers apart, which the language model's answers alone do not make it do.
+NUMBER_PLACES = {"steps": ("first", "second", "third"), "arithmetic": ("larger", "smaller")}
+READOUT_TASKS = BINDING_TASKS + tuple(NUMBER_PLACES)
+STEP_NUMBERS = re.compile(r"from left to right, are (\d+), (\d+) and (\d+)\.")
 
 
 def binding(task: str, question: str, key: str) -> tuple[list[int], str]:
@@ -68,16 +74,46 @@ def binding(task: str, question: str, key: str) -> tuple[list[int], str]:
     return ids + [0] * (2 - len(ids)), answer
 
 
-def curriculum(steps: int, alone: list[str], alone_steps: int) -> list[tuple[str, int]]:
-    """(task or "together", steps) in training order: each task of `alone` alone, then the five
-    together for the rest of `steps` (no `alone`: together throughout)."""
+def numbers(scene: Scene) -> list[str]:
+    """The numbers of a number-task scene in the order of `NUMBER_PLACES[scene.task]`."""
+    if scene.task == "steps":
+        match = STEP_NUMBERS.search(scene.answer)
+        if match is None:
+            raise ValueError(f"a steps scene without its numbers in the answer: {scene.answer!r}")
+        return list(match.groups())
+    if scene.task == "arithmetic":
+        keys = dict(scene.questions)
+        total = keys.get("What is the sum of the two numbers?")
+        larger = keys.get("What is the larger number?")
+        if total is None or larger is None:
+            raise ValueError(f"an arithmetic scene without its sum and larger number: {scene.questions}")
+        return [larger, str(int(total) - int(larger))]
+    raise ValueError(f"not a number task: {scene.task}")
+
+
+def targets(scene: Scene, first_only: bool = False) -> list[tuple[list[int], str]]:
+    """What the readouts of `scene.task` learn from `scene`: (entity ids padded to two, answer) for
+    each question (the first only with `first_only`), or for each number of a number task."""
+    if scene.task in NUMBER_PLACES:
+        return [([place + 1, 0], value) for place, value in enumerate(numbers(scene))]
+    questions = scene.questions[:1] if first_only else scene.questions
+    return [binding(scene.task, question, key) for question, key in questions]
+
+
+def curriculum(
+    steps: int, alone: list[str], alone_steps: int, tasks: tuple[str, ...] = BINDING_TASKS
+) -> list[tuple[str, int]]:
+    """(task or "together", steps) in training order: each task of `alone` alone, then all of
+    `tasks` together for the rest of `steps` (no `alone`: together throughout)."""
     if len(set(alone)) < len(alone):
         raise FastDVLMError(f"readouts alone: each task once, got {', '.join(alone)}")
     if alone and alone_steps < 1:
         raise FastDVLMError(f"readouts alone: at least 1 step a task, got {alone_steps}")
-    if bad := sorted(set(alone) - set(BINDING_TASKS)):
+    if bad := sorted(set(tasks) - set(READOUT_TASKS)):
+        raise FastDVLMError(f"readouts: {', '.join(bad)}: no readout (those are {', '.join(READOUT_TASKS)})")
+    if bad := sorted(set(alone) - set(tasks)):
         raise FastDVLMError(
-            f"readouts alone: {', '.join(bad)}: not a binding task (those are {', '.join(BINDING_TASKS)})"
+            f"readouts alone: {', '.join(bad)}: not among the readouts' tasks ({', '.join(tasks)})"
         )
     if len(alone) * alone_steps >= steps:
         raise FastDVLMError(
@@ -91,9 +127,9 @@ class EntityReadout(nn.Module):
     """Each named entity attends over the visual tokens by content (no position, as a language
     model's attention would find it); an MLP reads the attended values and names the answer."""
 
-    def __init__(self, dim: int, answers: int) -> None:
+    def __init__(self, dim: int, answers: int, entities: int = len(ENTITIES)) -> None:
         super().__init__()
-        self.entity = nn.Embedding(len(ENTITIES) + 1, dim)
+        self.entity = nn.Embedding(entities + 1, dim)
         self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.read = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, answers))
 
@@ -105,21 +141,26 @@ class EntityReadout(nn.Module):
 
 
 class Readouts:
-    """`heads` `EntityReadout`s per binding task over `vlm`'s visual tokens, each from its own
+    """`heads` `EntityReadout`s per task of `tasks` over `vlm`'s visual tokens, each from its own
     initialisation (one alone learns a binding or not depending on its seed); the answer labels are
     those of the training scenes."""
 
-    def __init__(self, vlm: DiffusionVLM, train: list[Scene], heads: int = 1) -> None:
-        self.vlm = vlm
+    def __init__(
+        self, vlm: DiffusionVLM, train: list[Scene], heads: int = 1, tasks: tuple[str, ...] = BINDING_TASKS
+    ) -> None:
+        self.vlm, self.tasks = vlm, tasks
         self.answers = {
-            task: sorted({binding(task, q, k)[1] for s in train if s.task == task for q, k in s.questions})
-            for task in BINDING_TASKS
+            task: sorted({answer for s in train if s.task == task for _, answer in targets(s)})
+            for task in tasks
         }
         dim = vlm.model.config.text_config.hidden_size
+        entities = {task: len(NUMBER_PLACES.get(task, ENTITIES)) for task in tasks}
         self.heads = nn.ModuleDict(
             {
-                task: nn.ModuleList(EntityReadout(dim, len(self.answers[task])) for _ in range(heads))
-                for task in BINDING_TASKS
+                task: nn.ModuleList(
+                    EntityReadout(dim, len(self.answers[task]), entities[task]) for _ in range(heads)
+                )
+                for task in tasks
             }
         )
 
@@ -134,8 +175,7 @@ class Readouts:
         of `scenes` (all of `task`), read from their visual tokens `tokens`."""
         rows, entities, answers = [], [], []
         for row, scene in enumerate(scenes):
-            for question, key in scene.questions[:1] if first_only else scene.questions:
-                ids, answer = binding(task, question, key)
+            for ids, answer in targets(scene, first_only):
                 rows.append(row), entities.append(ids)
                 answers.append(self.answers[task].index(answer) if answer in self.answers[task] else -100)
         logits = [head(tokens[rows], torch.tensor(entities)) for head in self.heads[task]]
@@ -152,10 +192,11 @@ class Readouts:
 
     @torch.no_grad()
     def accuracy(self, val: list[Scene]) -> dict[str, float]:
-        """Percent right per binding task over `val`'s first questions (the heads' mean logits)."""
+        """Percent right per task over `val`'s first questions, or every number of a number task (the
+        heads' mean logits)."""
         self.vlm.model.eval()
         out = {}
-        for task in BINDING_TASKS:
+        for task in self.tasks:
             scenes = [s for s in val if s.task == task]
             logits, answers = self.logits(task, scenes, self.tokens(scenes), first_only=True)
             out[task] = 100.0 * (logits.mean(0).argmax(-1) == answers).float().mean().item()
@@ -177,11 +218,13 @@ def train_readouts(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 250,
     progress: bool = True,
+    tasks: tuple[str, ...] = BINDING_TASKS,
 ) -> dict:
-    """Train `vlm`'s tower and projector in place under the readouts, phase by phase (`schedule`,
-    from `curriculum`); `scenes` the training split, `val` the validation split's scenes. Returns
-    the schedule, the heads per task, the readouts' validation accuracy at each phase's end and
-    every `eval_every` steps (`log`), and the time.
+    """Train `vlm`'s tower and projector in place under the readouts of `tasks`, phase by phase
+    (`schedule`, from `curriculum` with the same `tasks`); `scenes` the training split, `val` the
+    validation split's scenes (scored on their first questions, the number tasks on every number).
+    Returns the schedule, the heads per task, the readouts' validation accuracy at each phase's end
+    and every `eval_every` steps (`log`), and the time.
 
     With `anchor_weight`, every step also draws half a batch of the other tasks' scenes and adds
     `anchor_weight` times the distance of their visual tokens from the starting tower's (mean squared
@@ -192,16 +235,16 @@ def train_readouts(
         raise FastDVLMError(f"readouts: at least one a task, got {heads}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    pools = {task: [s for s in scenes if s.task == task] for task in BINDING_TASKS}  # what each phase draws
-    pools["together"] = [s for task in BINDING_TASKS for s in pools[task]]
-    others = [s for s in scenes if s.task not in BINDING_TASKS]
-    val = [s for s in val if s.task in BINDING_TASKS]
+    pools = {task: [s for s in scenes if s.task == task] for task in tasks}  # what each phase draws
+    pools["together"] = [s for task in tasks for s in pools[task]]
+    others = [s for s in scenes if s.task not in tasks]
+    val = [s for s in val if s.task in tasks]
     if anchor_weight and not others:
         raise FastDVLMError("the anchor holds the other tasks' visual tokens, but the split has none")
     reference = copy.deepcopy(vlm) if anchor_weight else None  # the starting tower, never trained
     if reference is not None:
         reference.model.eval()
-    readouts = Readouts(vlm, pools["together"], heads)
+    readouts = Readouts(vlm, pools["together"], heads, tasks)
     trained = vlm.vision_parameters() + list(readouts.heads.parameters())
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
     plan = [phase for phase, steps in schedule for _ in range(steps)]

@@ -179,7 +179,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
         vlm = DiffusionVLM.from_pretrained(first_cycle)
         schedule = curriculum(recipe.readout_steps, list(recipe.readout_alone), recipe.readout_alone_steps)
         report = train_readouts(
-            vlm, read_scenes(data / "train.json"), read_scenes(data / "val.json", first_only=True), schedule,
+            vlm, read_scenes(data / "train.json"), read_scenes(data / "val.json"), schedule,
             recipe.batch_size, recipe.readout_lr, recipe.seed, recipe.readout_heads,
             checkpoint=workdir / "readouts-checkpoint.pt",
         )  # fmt: skip

@@ -41,6 +41,7 @@ class Scene:
     task: str
     image: Path
     questions: tuple[tuple[str, str], ...]  # (question, key); the first is the one tests ask
+    answer: str = ""  # the first question's reference answer, as the language model is taught it
 
     def labels(self) -> list[str]:
         return [f"{self.task}:{key}" for _, key in self.questions]
@@ -54,7 +55,8 @@ def read_scenes(split_file: str | Path, first_only: bool = False) -> list[Scene]
     for record in json.loads(split_file.read_text()):
         listed = record.get("questions") or [{"question": first_question(record), "key": record["key"]}]
         questions = tuple((q["question"], q["key"]) for q in listed[: 1 if first_only else None])
-        scenes.append(Scene(record["task"], split_file.parent / record["image"], questions))
+        answer = record["conversations"][1]["value"] if len(record.get("conversations", ())) > 1 else ""
+        scenes.append(Scene(record["task"], split_file.parent / record["image"], questions, answer))
     return scenes
 
 
