@@ -115,6 +115,12 @@ def test_a_recipe_that_contradicts_itself_is_refused_before_any_training():
         DemoRecipe(ar_restart_repeat={"colour": 2})
     with pytest.raises(FastDVLMError, match="readout_heads: at least one"):
         DemoRecipe(readout_heads=0)
+    with pytest.raises(FastDVLMError, match="counting: no readout"):
+        DemoRecipe(readout_tasks=("spatial", "counting"))
+    with pytest.raises(FastDVLMError, match="chart: not among the readouts. tasks .steps, arithmetic."):
+        DemoRecipe(readout_tasks=("steps", "arithmetic"), readout_alone=("chart",))
+    schedule = DemoRecipe(readout_tasks=("steps", "arithmetic"), readout_alone=("steps",)).readout_schedule()
+    assert schedule == [("steps", 300), ("together", 1200)]
 
 
 def test_the_command_ends_with_the_recorded_timings_and_where_the_models_are(tmp_path, monkeypatch, capsys):

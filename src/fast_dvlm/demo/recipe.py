@@ -29,7 +29,7 @@ from ..train.trainer import LOG_FILE, convert
 from ..vlm import DiffusionVLM
 from ..workdir import claim_workdir
 from .glyph_pretrain import pretrain_glyphs
-from .readouts import curriculum, repeated_split, train_readouts
+from .readouts import BINDING_TASKS, curriculum, repeated_split, train_readouts
 from .vision_pretrain import pretrain_vision, read_scenes
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -83,6 +83,7 @@ class DemoRecipe:
     # before 2000 more AR steps (benchmarks/binding_readouts.py); here between the cycles, to fit
     # the budget
     readout_steps: int = 1500
+    readout_tasks: tuple[str, ...] = BINDING_TASKS  # `READOUT_TASKS` adds the number tasks
     readout_alone: tuple[str, ...] = ("spatial", "chart", "diagram")
     readout_alone_steps: int = 300
     readout_heads: int = 4
@@ -102,7 +103,7 @@ class DemoRecipe:
     def __post_init__(self) -> None:
         """A recipe that contradicts itself fails here, not after an hour of training."""
         if self.readout_steps:
-            curriculum(self.readout_steps, list(self.readout_alone), self.readout_alone_steps)
+            self.readout_schedule()
             if self.readout_heads < 1:
                 raise FastDVLMError(f"readout_heads: at least one readout a task, got {self.readout_heads}")
         for task, times in self.ar_restart_repeat.items():
@@ -110,6 +111,11 @@ class DemoRecipe:
                 raise FastDVLMError(
                     f"ar_restart_repeat {task}={times}: expected one of {', '.join(TASKS)}, at least once"
                 )
+
+    def readout_schedule(self) -> list[tuple[str, int]]:
+        """The readouts' phases (`curriculum`); a schedule that contradicts itself is refused."""
+        alone, tasks = list(self.readout_alone), tuple(self.readout_tasks)
+        return curriculum(self.readout_steps, alone, self.readout_alone_steps, tasks)
 
     def build_data(
         self, out: Path, splits: tuple[str, ...] = SPLITS, progress: bool = True
@@ -177,11 +183,11 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
     readouts = workdir / "readouts"
     if recipe.readout_steps and not (readouts / "model.safetensors").exists():
         vlm = DiffusionVLM.from_pretrained(first_cycle)
-        schedule = curriculum(recipe.readout_steps, list(recipe.readout_alone), recipe.readout_alone_steps)
+        schedule = recipe.readout_schedule()
         report = train_readouts(
             vlm, read_scenes(data / "train.json"), read_scenes(data / "val.json"), schedule,
             recipe.batch_size, recipe.readout_lr, recipe.seed, recipe.readout_heads,
-            checkpoint=workdir / "readouts-checkpoint.pt",
+            checkpoint=workdir / "readouts-checkpoint.pt", tasks=tuple(recipe.readout_tasks),
         )  # fmt: skip
         vlm.save_pretrained(readouts)
         (readouts / "readouts.json").write_text(json.dumps(report, indent=1))
@@ -289,8 +295,8 @@ def write_model_card(
     )
     readouts = (
         f"\n- binding readouts (`fast_dvlm.demo.readouts`): {recipe.readout_steps} steps, "
-        f"{recipe.readout_heads} readouts a task, lr {recipe.readout_lr};\n  {order}the five binding "
-        "tasks together"
+        f"{recipe.readout_heads} readouts a task, lr {recipe.readout_lr};\n  {order}"
+        f"{', '.join(recipe.readout_tasks)} together"
         if recipe.readout_steps
         else ""
     )
