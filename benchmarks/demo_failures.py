@@ -10,6 +10,8 @@ Every wrong answer is sorted by what it says instead of the key:
   red region is Lima, option A"): whether the content is right, and whether the letter is the one
   the question lists for that content (a lookup inside the question's own text).
 - presence: how often it says yes (the split is half yes, half no).
+- steps: how many of the three numbers its first step lists are the boxes' numbers, in place, and
+  how often every sum it writes follows from its own terms (reading against adding).
 The rest is "other": a value that appears nowhere in the image's questions (misread or invented).
 """
 
@@ -27,9 +29,12 @@ from benchmarks.demo_versions import split_at
 from fast_dvlm import load
 from fast_dvlm.data import get_task
 from fast_dvlm.data.task import DEMO_SIDE, ChoiceTask, Task
+from fast_dvlm.demo.readouts import STEP_NUMBERS
 from fast_dvlm.demo.vision_pretrain import read_scenes
 
 OPTION = re.compile(r"\b([A-D])\. (\S+)")
+SUM = re.compile(r"(\d+) \+ (\d+) = (\d+)")
+FINAL = re.compile(r"Final answer: (\d+)")
 
 
 def choice_reading(question: str, answer: str, key: str) -> tuple[bool, bool] | None:
@@ -44,10 +49,27 @@ def choice_reading(question: str, answer: str, key: str) -> tuple[bool, bool] | 
     return named[0] == key, letters[-1] == named[0]
 
 
-def classify(task: Task, question: str, answer: str, key: str, others: set[str]) -> dict[str, int]:
-    """The counts one answer adds to its task's row (`others`: the keys of the image's other questions)."""
+def step_reading(answer: str, reference: str) -> tuple[int, bool] | None:
+    """(numbers listed in their right place, every sum follows from its terms and the final answer is
+    the last sum) for a `steps` answer against its reference answer, or None when it lists no numbers."""
+    read, truth = STEP_NUMBERS.search(answer), STEP_NUMBERS.search(reference)
+    if read is None or truth is None:
+        return None
+    placed = sum(a == b for a, b in zip(read.groups(), truth.groups(), strict=True))
+    sums, final = SUM.findall(answer), FINAL.search(answer)
+    follows = bool(sums) and all(int(a) + int(b) == int(c) for a, b, c in sums)
+    return placed, follows and final is not None and final.group(1) == sums[-1][2]
+
+
+def classify(
+    task: Task, question: str, answer: str, key: str, others: set[str], reference: str = ""
+) -> dict[str, int]:
+    """The counts one answer adds to its task's row (`others`: the keys of the image's other questions,
+    `reference`: the reference answer, which `steps` answers are read against)."""
     right = task.score(answer, key)
     row = {"items": 1, "right": int(right)}
+    if task.name == "steps" and (reading := step_reading(answer, reference)) is not None:
+        row["numbers"], row["numbers placed"], row["sums follow"] = 3, reading[0], int(reading[1])
     if isinstance(task, ChoiceTask):
         reading = choice_reading(question, answer, key)
         row["stated one option"] = int(reading is not None)
@@ -72,7 +94,8 @@ def analyse(model: str, split: Path, per_task: int | None) -> dict[str, dict[str
     for scene in tqdm(scenes, desc=str(model)):
         (question, key), others = scene.questions[0], {k for _, k in scene.questions[1:]}
         answer = vlm.generate(question, [scene.image], "ar", 128).text
-        for name, count in classify(get_task(scene.task), question, answer, key, others).items():
+        row = classify(get_task(scene.task), question, answer, key, others, scene.answer)
+        for name, count in row.items():
             counts[scene.task][name] += count
     return {name: dict(row) for name, row in counts.items()}
 
@@ -83,15 +106,17 @@ def table(counts: dict[str, dict[str, int]]) -> str:
 
     lines = [
         "| task | right | wrong: another question's answer | choice: content right | choice: letter agrees "
-        "with content | presence: says yes |",
-        "|---|---|---|---|---|---|",
+        "with content | presence: says yes | steps: numbers read, in place | steps: sums follow their "
+        "terms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in counts.items():
         wrong = row["items"] - row["right"]
         bound = f"{row['bound wrong']} of {wrong}" if "bound wrong" in row else "-"
         stated = "stated one option"
         cells = [share(row, "right", "items"), bound, share(row, "content right", stated),
-                 share(row, "letter agrees", stated), share(row, "said yes", "items")]  # fmt: skip
+                 share(row, "letter agrees", stated), share(row, "said yes", "items"),
+                 share(row, "numbers placed", "numbers"), share(row, "sums follow", "items")]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.demo_failures import choice_reading, classify, table
+from benchmarks.demo_failures import choice_reading, classify, step_reading, table
 from fast_dvlm.data import get_task
 
 MAP_QUESTION = "Which city is in the red region? A. Rome B. Lima C. Cairo"
@@ -41,4 +41,27 @@ def test_choice_and_presence_rows_and_the_table():
                     "no", set())  # fmt: skip
     assert said == {"items": 1, "right": 0, "said yes": 1}
     text = table({"map": row, "presence": said})
-    assert "| map | 0% | - | 100% | 0% | - |" in text and "| presence | 0% | - | - | - | 100% |" in text
+    assert (
+        "| map | 0% | - | 100% | 0% | - | - | - |" in text
+        and "| presence | 0% | - | - | - | 100% | - | - |" in text
+    )
+
+
+STEPS_REFERENCE = (
+    "Step 1: the numbers in the boxes, from left to right, are 2, 7 and 8. Step 2: add the first two "
+    "numbers, 2 + 7 = 9. Step 3: add the third number, 9 + 8 = 17. Final answer: 17."
+)
+
+
+def test_a_steps_answer_is_read_for_its_numbers_and_its_sums():
+    steps = get_task("steps")
+    misread = STEPS_REFERENCE.replace("2, 7 and 8", "2, 5 and 8").replace("2 + 7 = 9", "2 + 5 = 7")
+    misread = misread.replace("9 + 8 = 17", "7 + 8 = 15").replace("answer: 17", "answer: 15")
+    row = classify(steps, "q", misread, "17", set(), STEPS_REFERENCE)
+    assert row == {"items": 1, "right": 0, "numbers": 3, "numbers placed": 2, "sums follow": 1}
+    added_wrong = STEPS_REFERENCE.replace("9 + 8 = 17", "9 + 8 = 16").replace("answer: 17", "answer: 16")
+    assert step_reading(added_wrong, STEPS_REFERENCE) == (3, False)
+    assert step_reading(STEPS_REFERENCE.replace("answer: 17", "answer: 18"), STEPS_REFERENCE) == (3, False)
+    assert step_reading("Final answer: 17.", STEPS_REFERENCE) is None
+    text = table({"steps": row})
+    assert "| steps | 0% | - | - | - | - | 67% | 100% |" in text
