@@ -38,8 +38,8 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family, monkeypatch):
     recipe = DemoRecipe(
         family=family, image_size=side, size=TinySize(image_size=side), train_per_task=2, eval_per_task=1,
         glyph_steps=2, vision_steps=2, ar_steps=2, readout_steps=3, readout_alone=("spatial",),
-        readout_alone_steps=1, readout_heads=2, ar_restart_steps=2, convert_steps=2, batch_size=4,
-        vocab_size=300,
+        readout_alone_steps=1, readout_heads=2, ar_restart_steps=2, ar_restart_repeat={"spatial": 5},
+        convert_steps=2, batch_size=4, vocab_size=300,
     )  # fmt: skip
     paths = make_demo(tmp_path, recipe, export=False)
     assert paths["ar"] == tmp_path / "ar-restart" and paths["converted"] == tmp_path / "converted"
@@ -108,18 +108,19 @@ def test_a_workdir_resumed_with_other_settings_is_refused(tmp_path):
 
 def test_a_recipe_that_contradicts_itself_is_refused_before_any_training():
     with pytest.raises(FastDVLMError, match="counting: not among the readouts. tasks"):
-        DemoRecipe(readout_alone=("counting",))
+        DemoRecipe(readout_steps=1500, readout_alone=("counting",))
     with pytest.raises(FastDVLMError, match="leave nothing"):
         DemoRecipe(readout_steps=600, readout_alone_steps=200)
     with pytest.raises(FastDVLMError, match="ar_restart_repeat colour=2"):
         DemoRecipe(ar_restart_repeat={"colour": 2})
     with pytest.raises(FastDVLMError, match="readout_heads: at least one"):
-        DemoRecipe(readout_heads=0)
+        DemoRecipe(readout_steps=1500, readout_heads=0)
     with pytest.raises(FastDVLMError, match="counting: no readout"):
-        DemoRecipe(readout_tasks=("spatial", "counting"))
+        DemoRecipe(readout_steps=1500, readout_tasks=("spatial", "counting"))
     with pytest.raises(FastDVLMError, match="chart: not among the readouts. tasks .steps, arithmetic."):
-        DemoRecipe(readout_tasks=("steps", "arithmetic"), readout_alone=("chart",))
-    schedule = DemoRecipe(readout_tasks=("steps", "arithmetic"), readout_alone=("steps",)).readout_schedule()
+        DemoRecipe(readout_steps=1500, readout_tasks=("steps", "arithmetic"), readout_alone=("chart",))
+    numbers = DemoRecipe(readout_steps=1500, readout_tasks=("steps", "arithmetic"), readout_alone=("steps",))
+    schedule = numbers.readout_schedule()
     assert schedule == [("steps", 300), ("together", 1200)]
 
 

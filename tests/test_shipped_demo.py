@@ -34,8 +34,15 @@ def test_the_shipped_models_are_the_default_recipes(name):
     vlm, recipe = load(name), DemoRecipe()
     assert vlm.family.name == recipe.family
     assert recipe.image_size == DEMO_SIDE
-    assert f"{DEMO_SIDE}-pixel square images" in (ASSETS / name / "README.md").read_text()
+    card = (ASSETS / name / "README.md").read_text()
+    assert f"{DEMO_SIDE}-pixel square images" in card
     assert vlm.settings.converted == (name == "demo")
+    # the stages the card lists are the default recipe's, so `make-demo` remakes what ships
+    assert f"then {recipe.vision_steps} steps of batch" in card
+    assert f"AR training: {recipe.ar_steps} steps of batch {recipe.batch_size}, lr {recipe.ar_lr}" in card
+    assert f"{recipe.ar_restart_steps} steps at lr {recipe.ar_restart_lr}" in card
+    assert ("binding readouts" in card) == bool(recipe.readout_steps)
+    assert ("repeated" in card) == bool(recipe.ar_restart_repeat)
 
 
 def test_the_speculative_modes_give_the_converted_models_ar_answers(test_items):
