@@ -155,7 +155,7 @@ def markdown(results: dict, base: dict | None, settings: dict) -> str:
         f"{command} (base `{settings['base']}`, batch {settings['batch_size']}, "
         f"readout lr {settings['lr']}). "
         "Readout accuracy (the mean logits of a task's readouts): each validation record's first "
-        "question, 60 a task.",
+        "question, 60 a task (the number tasks: every number of each record, by place).",
         "",
         "| arm | step | phase | " + " | ".join(readout_tasks) + " | minutes |",
         "|---|---|---|" + "---|" * (len(readout_tasks) + 1),
