@@ -28,8 +28,8 @@ from tqdm import tqdm
 from benchmarks.demo_versions import split_at
 from fast_dvlm import load
 from fast_dvlm.data import get_task
+from fast_dvlm.data.numbers import STEP_NUMBERS
 from fast_dvlm.data.task import DEMO_SIDE, ChoiceTask, Task
-from fast_dvlm.demo.readouts import STEP_NUMBERS
 from fast_dvlm.demo.vision_pretrain import read_scenes
 
 OPTION = re.compile(r"\b([A-D])\. (\S+)")

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import random
+import re
 
 from .draw import canvas, free_boxes, text
 from .task import QA, Example, NumberTask
+
+SUM_QUESTION = "What is the sum of the two numbers?"
+LARGER_QUESTION = "What is the larger number?"
+# how a `steps` answer lists the boxes' numbers (readouts and failure analysis read them back)
+STEP_NUMBERS = re.compile(r"from left to right, are (\d+), (\d+) and (\d+)\.")
 
 
 def numbers_scene(rng: random.Random, count: int) -> tuple:
@@ -25,8 +31,8 @@ class Arithmetic(NumberTask):
     def make(self, rng: random.Random, split: str = "train") -> Example:
         image, (a, b) = numbers_scene(rng, 2)
         qas = [
-            QA("What is the sum of the two numbers?", f"The sum of the two numbers is {a + b}.", str(a + b)),
-            QA("What is the larger number?", f"The larger number is {max(a, b)}.", str(max(a, b))),
+            QA(SUM_QUESTION, f"The sum of the two numbers is {a + b}.", str(a + b)),
+            QA(LARGER_QUESTION, f"The larger number is {max(a, b)}.", str(max(a, b))),
         ]
         return Example(self.name, image, qas)
 

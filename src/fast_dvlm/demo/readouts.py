@@ -40,6 +40,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from ..data.draw import COLOURS, SHAPES
+from ..data.numbers import LARGER_QUESTION, STEP_NUMBERS, SUM_QUESTION
 from ..data.scenes import LETTERS
 from ..errors import FastDVLMError
 from ..vlm import DiffusionVLM
@@ -59,7 +60,6 @@ BINDING_TASKS = tuple(QUESTIONS)
 # to tell the numbers apart, which the language model's answers alone do not make it do.
 NUMBER_PLACES = {"steps": ("first", "second", "third"), "arithmetic": ("larger", "smaller")}
 READOUT_TASKS = BINDING_TASKS + tuple(NUMBER_PLACES)
-STEP_NUMBERS = re.compile(r"from left to right, are (\d+), (\d+) and (\d+)\.")
 
 
 def binding(task: str, question: str, key: str) -> tuple[list[int], str]:
@@ -85,8 +85,7 @@ def numbers(scene: Scene) -> list[str]:
         return list(match.groups())
     if scene.task == "arithmetic":
         keys = dict(scene.questions)
-        total = keys.get("What is the sum of the two numbers?")
-        larger = keys.get("What is the larger number?")
+        total, larger = keys.get(SUM_QUESTION), keys.get(LARGER_QUESTION)
         if total is None or larger is None:
             raise ValueError(f"an arithmetic scene without its sum and larger number: {scene.questions}")
         return [larger, str(int(total) - int(larger))]
