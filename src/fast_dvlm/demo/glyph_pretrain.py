@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..data.draw import COLOURS, canvas, text
 from ..vlm import DiffusionVLM
-from .vision_pretrain import resume_checkpoint, save_checkpoint, visual_tokens
+from .vision_pretrain import optimizer_step, resume_checkpoint, save_checkpoint, visual_tokens
 
 ALPHABET = string.ascii_uppercase + string.digits
 LENGTH = 4  # characters per image, read in order
@@ -113,10 +113,7 @@ def pretrain_glyphs(
     bar = tqdm(range(done, steps), "glyph pre-training", initial=done, total=steps, disable=not progress)
     for step in bar:
         loss = reader.loss([glyph_image(rng, side) for _ in range(batch_size)])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(reader.trained_parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
+        optimizer_step(loss, reader.trained_parameters(), optimizer)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             weights = {"model": vlm.model.state_dict(), "head": reader.head.state_dict()}

@@ -44,7 +44,7 @@ from ..data.numbers import LARGER_QUESTION, STEP_NUMBERS, SUM_QUESTION
 from ..data.scenes import LETTERS
 from ..errors import FastDVLMError
 from ..vlm import DiffusionVLM
-from .vision_pretrain import Scene, resume_checkpoint, save_checkpoint, visual_tokens
+from .vision_pretrain import Scene, optimizer_step, resume_checkpoint, save_checkpoint, visual_tokens
 
 ENTITIES = (*sorted(COLOURS), *LETTERS, *SHAPES)  # what a question can name; id 0 pads
 QUESTIONS = {
@@ -273,11 +273,7 @@ def train_readouts(
                 target = visual_tokens(reference, images)
             drift = F.mse_loss(visual_tokens(vlm, images), target) / target.pow(2).mean()
             loss = loss + anchor_weight * drift
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        optimizer_step(loss, trained, optimizer, scheduler)
         bar.set_postfix(phase=phase, loss=f"{loss.item():.3f}")
         done = step + 1
         if done % eval_every == 0 or done == len(plan) or plan[done] != phase:

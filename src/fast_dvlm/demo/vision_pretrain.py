@@ -69,6 +69,19 @@ def visual_tokens(vlm: DiffusionVLM, images: list[Image.Image]) -> torch.Tensor:
     return torch.stack(list(out.pooler_output))
 
 
+def optimizer_step(
+    loss: torch.Tensor, parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler=None
+) -> None:
+    """The step every pre-training stage takes: backward, gradient norm clipped to 1, the optimizer's
+    (and the schedule's) step, gradients cleared."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad()
+
+
 def save_checkpoint(
     path: str | Path, weights: dict, optimizer, rng: random.Random, step: int, seconds: float
 ) -> None:
@@ -177,11 +190,7 @@ class VisionPretrainer:
     ) -> float:
         """One optimizer step on `scenes`; the loss before it."""
         loss = self.loss(scenes, focal_gamma, focus)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        optimizer_step(loss, self.parameters(), optimizer, scheduler)
         return loss.item()
 
     def weights(self) -> dict:
