@@ -164,6 +164,8 @@ def test_bad_training_config_is_one_clear_error(tmp_path):
         TrainConfig(recipe={"alpha": 1})
     with pytest.raises(FastDVLMError, match="not both 0"):
         TrainConfig(recipe={"alpha_diffusion": 0, "beta_ar": 0})
+    with pytest.raises(FastDVLMError, match="length_split must be at least 1, got 0"):
+        TrainConfig(length_split=0)
     with pytest.raises(FastDVLMError, match="divisible"):
         from fast_dvlm.train.trainer import Schedule
 
@@ -179,6 +181,50 @@ def test_gradient_checkpointing_gives_the_same_loss(workdir):
         convert(root / "qwen2_5_vl", data, out, config, progress=False)
         logs.append([r["loss"] for r in read_log(out)])
     assert logs[0] == pytest.approx(logs[1], rel=1e-5)
+
+
+def test_length_split_trains_like_the_whole_batch(workdir):
+    """Chunks of similar length, each loss weighted by its share of the samples: the same losses
+    and weights as the whole micro-batch at once, with grad accumulation too; 7 samples make
+    uneven chunks (2, 3, 2), so equal weights would be caught. (The tiny Qwen2.5-VL has no batch
+    norm, whose statistics would come from each chunk.)"""
+    root, data = workdir
+    runs = {}
+    for split in (1, 3):
+        out = root / f"length-split-{split}"
+        config = TrainConfig(steps=2, batch_size=7, grad_accum=2, lr=1e-3, length_split=split)
+        convert(root / "qwen2_5_vl", data, out, config, progress=False)
+        runs[split] = read_log(out), fast_dvlm.load(out).model.state_dict()
+    (whole, whole_weights), (chunked, chunked_weights) = runs[1], runs[3]
+    for key in ("loss", "ar_loss", "diffusion_loss"):
+        assert [r[key] for r in chunked] == pytest.approx([r[key] for r in whole], rel=1e-5)
+    # AdamW turns float-order noise in near-zero gradients into ~1e-5 differences; updates are ~1e-3
+    assert all(torch.allclose(whole_weights[n], chunked_weights[n], atol=1e-4) for n in whole_weights)
+
+
+def test_length_chunks_sort_by_length_and_cover_every_sample():
+    from fast_dvlm.train.trainer import length_chunks
+
+    class Fake:
+        def __init__(self, n: int) -> None:
+            self.input_ids = torch.zeros(n)
+
+    samples = [Fake(n) for n in (50, 10, 40, 20, 30)]
+    chunks = length_chunks(samples, 2)
+    assert [chunk for chunk, _ in chunks] == [[1, 3], [4, 2, 0]]
+    assert [last for _, last in chunks] == [False, True]
+    assert [chunk for chunk, _ in length_chunks(samples, 9)] == [[1], [3], [4], [2], [0]]  # at most one each
+    assert length_chunks(samples, 1) == [([1, 3, 4, 2, 0], True)]
+
+
+def test_length_split_fills_rows_with_real_tokens(workdir, tiny_vlms):
+    from benchmarks.train_padding import fill
+
+    root, data = workdir
+    vlm = tiny_vlms["qwen2_5_vl"]
+    dataset = ConversationDataset(data, vlm.processor, vlm.family, progress=False)
+    whole, halves = (fill(TrainConfig(steps=6, batch_size=8, length_split=k), dataset) for k in (1, 2))
+    assert 0 < whole < halves <= 1.0
 
 
 def batch_fill(schedule, lengths: list[int], steps: int) -> float:

@@ -32,13 +32,15 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze_vision: bool = False  # train the language model only; tower and projector stay as loaded
     group_by_length: bool = False  # batches of similar length: less padding, same samples per epoch
+    length_split: int = 1  # each micro-batch run as this many chunks of similar length: same gradient
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, otherwise fp32
     image_root: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.recipe, dict):
             self.recipe = Recipe(**_settings(Recipe, self.recipe, "recipe"))
-        positive = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "max_length")
+        positive = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "max_length",
+                    "length_split")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise FastDVLMError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -134,6 +134,20 @@ def fetch(dataset: ConversationDataset, indices: list[int]) -> list[Sample]:
     return samples
 
 
+def length_chunks(samples: list[Sample], parts: int) -> list[tuple[list[int], bool]]:
+    """`samples`' indices in `parts` chunks of similar token length (sorted, cut as evenly as they
+    go), each with whether it is the last. A batch pads every row to its longest sample, and the
+    demo's tasks differ in length (one long record pads 31 short ones), so running a micro-batch as
+    chunks computes fewer padded tokens; with each chunk's loss weighted by its share of the
+    samples the gradient is the micro-batch's own (every loss here is a mean over samples; each
+    sample keeps its noise seed)."""
+    order = sorted(range(len(samples)), key=lambda k: samples[k].input_ids.shape[0])
+    parts = min(parts, len(samples))
+    cuts = [round(len(order) * k / parts) for k in range(parts + 1)]
+    chunks = [order[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    return [(chunk, k == len(chunks) - 1) for k, chunk in enumerate(chunks)]
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     found = sorted((out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return found[-1] if found else None
@@ -214,12 +228,12 @@ def convert(
             samples = fetch(datasets[stage], indices)
             seeds = [sample_seed(config.seed, step, i) for i in indices]
             syncing = micro == config.grad_accum - 1
-            with accelerator.no_sync(module) if not syncing else nullcontext():
-                parts = module(samples, block_size, seeds)
-                accelerator.backward(parts.total / config.grad_accum)
-            totals += (
-                torch.stack([parts.total, parts.diffusion, parts.ar]).detach().float() / config.grad_accum
-            )
+            for chunk, last in length_chunks(samples, config.length_split):
+                share = len(chunk) / len(samples) / config.grad_accum  # each loss is a mean over samples
+                with accelerator.no_sync(module) if not (syncing and last) else nullcontext():
+                    parts = module([samples[k] for k in chunk], block_size, [seeds[k] for k in chunk])
+                    accelerator.backward(parts.total * share)
+                totals += torch.stack([parts.total, parts.diffusion, parts.ar]).detach().float() * share
         accelerator.clip_grad_norm_(trained, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
