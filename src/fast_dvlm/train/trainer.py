@@ -137,8 +137,8 @@ def fetch(dataset: ConversationDataset, indices: list[int]) -> list[Sample]:
 def length_chunks(samples: list[Sample], parts: int) -> list[tuple[list[int], bool]]:
     """`samples`' indices in `parts` chunks of similar token length (sorted, cut as evenly as they
     go), each with whether it is the last. A batch pads every row to its longest sample, and the
-    demo's tasks differ in length (one long record pads 31 short ones), so running a micro-batch as
-    chunks computes fewer padded tokens; with each chunk's loss weighted by its share of the
+    demo's records differ in length by task and turns, so running a micro-batch as chunks
+    computes fewer padded tokens; with each chunk's loss weighted by its share of the
     samples the gradient is the micro-batch's own (every loss here is a mean over samples; each
     sample keeps its noise seed)."""
     order = sorted(range(len(samples)), key=lambda k: samples[k].input_ids.shape[0])
