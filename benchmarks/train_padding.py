@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fast_dvlm import load
-from fast_dvlm.demo.recipe import DemoRecipe, ar_config
+from fast_dvlm.demo.recipe import DemoRecipe, ar_config, convert_config
 from fast_dvlm.train.config import TrainConfig
 from fast_dvlm.train.data import ConversationDataset
 from fast_dvlm.train.trainer import LOG_FILE, Schedule, convert, length_chunks
@@ -35,13 +35,11 @@ ARMS = {
 
 
 def stage_config(stage: str, steps: int) -> TrainConfig:
-    """The demo recipe's AR or conversion stage, `steps` long."""
+    """The demo recipe's AR or conversion stage, `steps` long (the recipe's first seed, a short warm-up)."""
     recipe = DemoRecipe()
     if stage == "ar":
         return replace(ar_config(steps, recipe.ar_lr, recipe.batch_size, recipe.seed), warmup_steps=5)
-    return TrainConfig(
-        steps=steps, batch_size=recipe.batch_size, lr=recipe.convert_lr, warmup_steps=5, weight_decay=0.01
-    )
+    return replace(convert_config(steps, recipe.convert_lr, recipe.batch_size, recipe.seed), warmup_steps=5)
 
 
 def fill(config: TrainConfig, dataset: ConversationDataset) -> float:

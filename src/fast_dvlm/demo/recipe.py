@@ -204,15 +204,7 @@ def make_demo(workdir: str | Path, recipe: DemoRecipe | None = None, export: boo
 
     converted = workdir / "converted"
     if not (converted / "model.safetensors").exists():
-        config = TrainConfig(
-            steps=recipe.convert_steps,
-            batch_size=recipe.batch_size,
-            lr=recipe.convert_lr,
-            warmup_steps=min(50, recipe.convert_steps // 10),
-            weight_decay=0.01,
-            checkpoint_every=200,
-            seed=recipe.seed + 1,
-        )
+        config = convert_config(recipe.convert_steps, recipe.convert_lr, recipe.batch_size, recipe.seed + 1)
         convert(ar, data / "train.json", converted, config)
     timings = stage_minutes(workdir)
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe) | {"timings": timings}, indent=1))
@@ -240,6 +232,19 @@ def ar_config(steps: int, lr: float, batch_size: int, seed: int) -> TrainConfig:
         checkpoint_every=250,
         seed=seed,
         recipe={"alpha_diffusion": 0.0, "beta_ar": 1.0, "anneal_block_size": False},
+    )
+
+
+def convert_config(steps: int, lr: float, batch_size: int, seed: int) -> TrainConfig:
+    """The conversion stage: the direct recipe's losses (the `Recipe` defaults), warm-up then cosine."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=min(50, steps // 10),
+        weight_decay=0.01,
+        checkpoint_every=200,
+        seed=seed,
     )
 
 
