@@ -34,14 +34,23 @@ def study(args: argparse.Namespace) -> None:
     data = Path(args.data)
     if not (data / "train.json").exists():
         build_splits(data, {"train": args.per_task, "val": 60, "test": 60}, args.side, 0.8)
+    tower_args = {"layers": [int(n) for n in args.layers.split(",")]}
+    if len(tower_args["layers"]) != 5:
+        raise SystemExit(f"--layers: five block counts, one a stage, got {args.layers!r}")
     if args.train_time_tower:  # FastViT's multi-branch blocks with batch norm, as timm trains them
-        inference_args = fast_vlm.tiny_fastvit_args
-        fast_vlm.tiny_fastvit_args = lambda size: inference_args(size) | {"inference_mode": False}
+        tower_args["inference_mode"] = False
     size = TinySize(
         hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=768,
         vision_hidden_size=4 * args.width, image_size=args.side, max_position_embeddings=1024,
     )  # fmt: skip
-    vlm = DiffusionVLM(*build_tiny_model("fast_vlm", size, tokenizer_corpus(data / "train.json"), 1024, 0))
+    demo_args = fast_vlm.tiny_fastvit_args
+    fast_vlm.tiny_fastvit_args = lambda size: demo_args(size) | tower_args  # for this model only
+    try:
+        vlm = DiffusionVLM(
+            *build_tiny_model("fast_vlm", size, tokenizer_corpus(data / "train.json"), 1024, 0)
+        )
+    finally:
+        fast_vlm.tiny_fastvit_args = demo_args
     every_scene = read_scenes(data / "train.json")
     chosen = set(args.tasks.split(",")) if args.tasks != "all" else {s.task for s in every_scene}
     scenes = [s for s in every_scene if s.task in chosen]
@@ -100,6 +109,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--gamma", type=float, default=2.0, help="focal loss exponent (0: cross-entropy)")
     parser.add_argument("--width", type=int, default=16, help="the tower's first-stage width (x2 per stage)")
+    parser.add_argument("--layers", default="1,1,1,1,1", help="blocks in each of the tower's five stages")
     parser.add_argument("--side", type=int, default=192, help="image side in pixels (stride 64)")
     parser.add_argument("--train-time-tower", action="store_true", help="FastViT with batch norm branches")
     parser.add_argument("--per-task", type=int, default=3000, help="training images per task, if building")

@@ -4,8 +4,10 @@ settings with every row, and a curriculum run starts from the saved tower."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
+import pytest
 import torch
 
 from benchmarks import stage0_study
@@ -35,3 +37,20 @@ def test_rows_hold_the_chosen_tasks_and_a_curriculum_starts_from_the_saved_tower
     then = torch.load(tmp_path / "t2.pt")
     weights = [k for k in saved["model"] if "running_" not in k and "num_batches" not in k]  # not BN stats
     assert all(torch.allclose(then["model"][k], saved["model"][k], atol=1e-6) for k in weights)
+
+
+def test_layers_deepen_the_stages_of_this_run_only(tmp_path, monkeypatch):
+    from fast_dvlm.models import fast_vlm
+
+    demo_args = fast_vlm.tiny_fastvit_args
+    common = ["--side", "128", "--per-task", "2", "--steps", "1", "--every", "1", "--batch-size", "2",
+              "--tasks", "sign", "--data", str(tmp_path / "data"),
+              "--out", str(tmp_path / "rows.jsonl")]  # fmt: skip
+    run(monkeypatch, "--name", "deep", "--layers", "1,1,1,2,3", "--save", str(tmp_path / "t.pt"), *common)
+    blocks = {m.groups() for k in torch.load(tmp_path / "t.pt")["model"]
+              if (m := re.search(r"stages\.(\d)\.blocks\.(\d+)\.", k))}  # (stage, block)  # fmt: skip
+    assert {("3", "1"), ("4", "1"), ("4", "2")} <= blocks
+    assert ("4", "3") not in blocks and ("2", "1") not in blocks
+    assert fast_vlm.tiny_fastvit_args is demo_args  # the demo's own tower is untouched
+    with pytest.raises(SystemExit, match="five block counts"):
+        run(monkeypatch, "--name", "bad", "--layers", "1,2", *common)
