@@ -237,3 +237,54 @@ def test_the_sweep_names_the_fastest_setting_within_the_noise():
     assert "tau 0.3, block 16: 30.0%, 360 tokens/s, 1.20x" in statement and "block 64" not in statement
     assert default_statement([sweep_point(0.9, 32, 7, 400.0), points[1]]).endswith("the sweep supports them.")
     assert "block 16 is more accurate" in default_statement([sweep_point(0.9, 32, 1, 300.0), points[1]])
+
+
+ORPHAN = """
+import os, sys, time
+from fast_dvlm.experiments.training import exit_with, spawn
+
+def orphan(pid_file, lifeline):
+    exit_with(lifeline)
+    with open(pid_file, "w") as out:
+        out.write(str(os.getpid()))
+    time.sleep(60)
+
+if __name__ == "__main__":
+    child, keep_alive = spawn(orphan, sys.argv[1])
+    time.sleep(60)
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie nobody reaps (a container's init may not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_variant_child_stops_when_the_run_is_killed(tmp_path):
+    """A killed run (not Ctrl-C, which reaches the whole process group) must not leave its variant's
+    training running on, unseen, beside the rerun that resumes it."""
+    import subprocess
+    import sys
+    import time
+
+    script, pid_file = tmp_path / "run.py", tmp_path / "child.pid"
+    script.write_text(ORPHAN)
+    run = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and run.poll() is None, "the child never started"
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert alive(child)
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child), "the child trained on after its run was killed"
+    finally:
+        run.kill()
