@@ -17,6 +17,7 @@ import json
 import random
 import time
 from pathlib import Path
+from unittest import mock
 
 
 def study(args: argparse.Namespace) -> None:
@@ -44,13 +45,10 @@ def study(args: argparse.Namespace) -> None:
         vision_hidden_size=4 * args.width, image_size=args.side, max_position_embeddings=1024,
     )  # fmt: skip
     demo_args = fast_vlm.tiny_fastvit_args
-    fast_vlm.tiny_fastvit_args = lambda size: demo_args(size) | tower_args  # for this model only
-    try:
-        vlm = DiffusionVLM(
+    with mock.patch.object(fast_vlm, "tiny_fastvit_args", lambda size: demo_args(size) | tower_args):
+        vlm = DiffusionVLM(  # this model only: the demo's own tower args are back afterwards
             *build_tiny_model("fast_vlm", size, tokenizer_corpus(data / "train.json"), 1024, 0)
         )
-    finally:
-        fast_vlm.tiny_fastvit_args = demo_args
     every_scene = read_scenes(data / "train.json")
     chosen = set(args.tasks.split(",")) if args.tasks != "all" else {s.task for s in every_scene}
     scenes = [s for s in every_scene if s.task in chosen]

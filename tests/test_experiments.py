@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -266,10 +269,6 @@ def alive(pid: int) -> bool:
 def test_a_variant_child_stops_when_the_run_is_killed(tmp_path):
     """A killed run (not Ctrl-C, which reaches the whole process group) must not leave its variant's
     training running on, unseen, beside the rerun that resumes it."""
-    import subprocess
-    import sys
-    import time
-
     script, pid_file = tmp_path / "run.py", tmp_path / "child.pid"
     script.write_text(ORPHAN)
     run = subprocess.Popen([sys.executable, str(script), str(pid_file)])
