@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from fast_dvlm.conversion.attention import CLEAN, NOISY, Tokens, additive_mask, attention_allowed
+from fast_dvlm.conversion.attention import (
+    CLEAN,
+    NOISY,
+    Tokens,
+    additive_mask,
+    attention_allowed,
+    causal_allowed,
+)
 
 
 def spec_rule(q, k, clean_attention="causal"):
@@ -38,12 +45,25 @@ def test_matches_the_written_rules_on_a_mixed_layout():
 
 
 def test_cached_tokens_are_context_for_everything_new():
+    # as a decoding session holds them: a prompt segment and a committed block, block ids shifted below 0
+    cached = Tokens.make(CLEAN, torch.arange(5), torch.tensor([-2, -2, -2, -1, -1]))
     new = Tokens.make(NOISY, torch.arange(5, 8), 0)
-    allowed = attention_allowed(new, Tokens.cached(5) + new)
+    allowed = attention_allowed(new, cached + new)
     assert allowed.all()  # a denoising block sees the whole cache and itself, both ways
     clean_new = Tokens.make(CLEAN, torch.arange(5, 8), 0)
-    allowed = attention_allowed(clean_new, Tokens.cached(5) + clean_new)
+    allowed = attention_allowed(clean_new, cached + clean_new)
     assert torch.equal(allowed[:, 5:], torch.tril(torch.ones(3, 3, dtype=torch.bool)))
+
+
+def test_batched_causal_rows_match_one_row_at_a_time():
+    starts, keys = torch.tensor([0, 3, 5]), torch.arange(8)
+    queries = starts[:, None] + torch.arange(3)[None]  # three rows of 3 new tokens
+    batched = additive_mask(causal_allowed(queries, keys), torch.float32)
+    assert batched.shape == (3, 1, 3, 8)
+    for b in range(3):
+        row = Tokens.make(CLEAN, queries[b], 0)
+        alone = additive_mask(attention_allowed(row, Tokens.make(CLEAN, keys, 0)), torch.float32)
+        assert torch.equal(batched[b : b + 1], alone)
 
 
 def test_additive_mask_is_float_zero_or_minimum():

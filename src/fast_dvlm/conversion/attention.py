@@ -24,7 +24,6 @@ import torch
 from ..settings import CleanAttention, check_clean_attention
 
 CLEAN, NOISY = 0, 1  # stream ids; further noisy copies are 2, 3, ...
-CACHED_BLOCK = -1  # block id of tokens already in the KV cache: earlier than anything being decoded
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,6 @@ class Tokens:
         stream_t = torch.as_tensor(stream, dtype=torch.long, device=device).expand(n)
         block_t = torch.as_tensor(block, dtype=torch.long, device=device).expand(n)
         return Tokens(stream_t, pos.long(), block_t)
-
-    @staticmethod
-    def cached(length: int) -> Tokens:
-        """The clean tokens held by a KV cache of `length` entries."""
-        return Tokens.make(CLEAN, torch.arange(length), CACHED_BLOCK)
 
     def to(self, device: torch.device) -> Tokens:
         return Tokens(self.stream.to(device), self.pos.to(device), self.block.to(device))
@@ -68,19 +62,26 @@ def attention_allowed(query: Tokens, key: Tokens, clean_attention: CleanAttentio
     n2n = q_noisy & (query.stream[:, None] == key.stream[None, :]) & (q_block == k_block)
     n2c = q_noisy & ~k_noisy & (k_block < q_block)
     if check_clean_attention(clean_attention) == "causal":
-        c2c_rule = key.pos[None, :] <= query.pos[:, None]
+        c2c_rule = causal_allowed(query.pos, key.pos)
     else:  # block-causal
         c2c_rule = k_block <= q_block
     c2c = ~q_noisy & ~k_noisy & c2c_rule
     return n2n | n2c | c2c
 
 
+def causal_allowed(query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+    """The token-level causal rule: a query sees the keys at or before its own position.
+    `query_pos` may carry leading batch dimensions (`[r, q]` against `[k]` gives `[r, q, k]`)."""
+    return key_pos[..., None, :] <= query_pos[..., :, None]
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`[1, 1, q, k]` float mask to add to attention scores: 0 where allowed, the dtype's minimum elsewhere.
+    """`[1, 1, q, k]` float mask to add to attention scores (`[r, 1, q, k]` from a batched `[r, q, k]`):
+    0 where allowed, the dtype's minimum elsewhere.
 
     Additive float, never boolean: transformers' eager attention adds the mask to the scores, so
     a boolean one would be silently wrong there; the float form is right for every implementation.
     """
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    return mask.unsqueeze(-3) if mask.dim() == 3 else mask[None, None]

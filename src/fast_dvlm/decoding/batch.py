@@ -187,12 +187,12 @@ def row_masks(
     end: int,
 ) -> torch.Tensor:
     """The additive `[r, 1, m, end]` mask of a batched pass: row b's own `masks[b]`
-    (`[1, 1, n, start + n]`) or causal, every key past the row's new length hidden."""
+    (`[1, 1, n, start + n]`) or causal. Either way the keys past the row's new length stay
+    hidden: causally, every one of them lies after each of the row's new positions."""
     mask = lean.causal_mask(torch.tensor(starts), m, end)
     for b, (own, start, n) in enumerate(zip(masks, starts, counts, strict=True)):
         if own is not None:
             mask[b, 0, :n, : start + n] = own[0, 0]
-            mask[b, 0, :n, start + n :] = torch.finfo(mask.dtype).min
     return mask
 
 

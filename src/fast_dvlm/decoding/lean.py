@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..conversion.attention import additive_mask, causal_allowed
+
 
 def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """transformers' Qwen RMSNorm, op for op (fp32 statistics, weight applied in the input dtype)."""
@@ -267,12 +269,10 @@ class LeanTextModel:
 
     def causal_mask(self, starts: torch.Tensor, m: int, end: int) -> torch.Tensor:
         """Additive `[r, 1, m, end]`: new token i of row b sees the keys up to its own index
-        `starts[b] + i` and none after (the C2C rule of `attention_allowed`, for many rows at once)."""
+        `starts[b] + i` and none after (`causal_allowed`, for many rows at once)."""
         keys = torch.arange(end, device=self.device)
         queries = starts.to(self.device)[:, None] + torch.arange(m, device=self.device)[None]  # [r, m]
-        allowed = keys[None, None] <= queries[:, :, None]
-        blocked = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        return blocked.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
+        return additive_mask(causal_allowed(queries, keys), self.dtype)
 
     def _layers(
         self,
