@@ -39,9 +39,13 @@ def test_numbers_yaml_reads_as_strings_are_numbers(tmp_path):
         ("steps: 10.5\n", "config setting steps must be a whole number, got 10.5"),
         ("recipe:\n  beta_ar: half\n", "recipe setting beta_ar must be a number, got 'half'"),
         ("recipe:\n  block_sizes: 32\n", "recipe setting block_sizes must be a list of whole numbers"),
+        ("freeze_vision: 'false'\n", "config setting freeze_vision must be true or false, got 'false'"),
+        ("recipe:\n  two_stage: 'no'\n", "recipe setting two_stage must be true or false, got 'no'"),
+        ("lr_schedule: cosin\n", "lr_schedule must be one of linear, cosine, "),
+        ("lr_schedule: reduce_lr_on_plateau\n", "lr_schedule must be one of linear, cosine, "),
     ],
 )
-def test_a_setting_that_is_not_a_number_is_one_clear_error(tmp_path, text, message):
+def test_a_setting_of_the_wrong_kind_is_one_clear_error(tmp_path, text, message):
     with pytest.raises(FastDVLMError) as caught:
         from_text(tmp_path, text)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

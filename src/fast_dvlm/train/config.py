@@ -11,6 +11,11 @@ import yaml
 from ..conversion.recipe import Recipe
 from ..errors import FastDVLMError
 
+# transformers schedulers that step once per optimizer step and need only the warm-up and step counts
+# (the plateau and greedy ones wait for a metric; the min-lr and stable-decay ones for more settings)
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                "inverse_sqrt")  # fmt: skip
+
 
 @dataclass
 class TrainConfig:
@@ -23,7 +28,7 @@ class TrainConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    lr_schedule: str = "cosine"  # any transformers scheduler name: cosine, linear, constant, ...
+    lr_schedule: str = "cosine"  # a transformers scheduler that needs no settings of its own
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
@@ -48,6 +53,10 @@ class TrainConfig:
             raise FastDVLMError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.warmup_steps < self.steps:
             raise FastDVLMError(f"warmup_steps ({self.warmup_steps}) must be in [0, steps={self.steps})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise FastDVLMError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise FastDVLMError(
                 f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}"
@@ -84,7 +93,7 @@ def _settings(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def _number(value: Any, kind: Any, name: str) -> Any:
-    """`value` as the number a field of type `kind` holds (fields of other types: unchanged).
+    """`value` as the number (or true/false) a field of type `kind` holds (other types: unchanged).
 
     PyYAML reads `1e-3` (no dot in the mantissa) as a string and `1000.0` as a float, both meant as
     numbers; anything that is not a number is one error line rather than a TypeError later."""
@@ -92,6 +101,10 @@ def _number(value: Any, kind: Any, name: str) -> Any:
         if not isinstance(value, list | tuple):
             raise FastDVLMError(f"{name} must be a list of whole numbers, got {value!r}")
         return [_number(v, int, name) for v in value]
+    if kind is bool:
+        if not isinstance(value, bool):  # a quoted "false" would otherwise count as true
+            raise FastDVLMError(f"{name} must be true or false, got {value!r}")
+        return value
     if kind not in (int, float):
         return value
     number = value
