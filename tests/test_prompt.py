@@ -31,11 +31,21 @@ def test_placeholders_are_filled_in_order(images):
         ([{"role": "user", "content": [{"type": "image"}]}], 0, "more image placeholders"),
         ([{"role": "user", "content": "hi"}], 1, "more images were given"),
         ([{"content": "no role"}], 0, "'role' and 'content'"),
+        ([{"role": "user", "content": ["hi"]}], 0, "a string or a list of parts"),
+        ([{"role": "user", "content": {"type": "text"}}], 0, "a string or a list of parts"),
     ],
 )
 def test_bad_prompts(prompt, n_images, message, images):
     with pytest.raises(FastDVLMError, match=message):
         to_messages(prompt, images[:n_images])
+
+
+def test_one_image_instead_of_a_list_is_one_clear_error(tmp_path, images):
+    path = tmp_path / "cat.png"
+    images[0].save(path)
+    for single in (str(path), path, images[0]):
+        with pytest.raises(FastDVLMError, match=r"images must be a list of images, got one \w+: wrap it"):
+            to_messages("What is it?", single)
 
 
 def test_missing_and_corrupt_images(tmp_path):

@@ -50,6 +50,10 @@ def to_messages(
     part carries its image (`{"type": "image", "image": img}`) or is a bare placeholder
     (`{"type": "image"}`) filled in order from `images`.
     """
+    if isinstance(images, str | Path | Image.Image):
+        raise FastDVLMError(
+            f"images must be a list of images, got one {type(images).__name__}: wrap it in [...]"
+        )
     supplied = [load_image(i) for i in images or []]
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -67,6 +71,12 @@ def to_messages(
             raise FastDVLMError("each chat message must be a dict with 'role' and 'content'")
         if isinstance(message["content"], str):
             continue
+        if not isinstance(message["content"], list) or not all(
+            isinstance(p, dict) for p in message["content"]
+        ):
+            raise FastDVLMError(
+                "a message's content must be a string or a list of parts like {'type': 'text', ...}"
+            )
         for part in message["content"]:
             if part.get("type") != "image":
                 continue
