@@ -18,6 +18,7 @@ BLOCK_SIZE, SUB_BLOCK_SIZE, THRESHOLD = 32, 8, 0.9
 CleanAttention = Literal["causal", "block-causal"]  # how committed tokens attend to each other
 CLEAN_ATTENTIONS: tuple[str, ...] = get_args(CleanAttention)
 BlockAlignment = Literal["answer", "absolute"]
+BLOCK_ALIGNMENTS: tuple[str, ...] = get_args(BlockAlignment)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class DiffusionSettings:
     def __post_init__(self) -> None:
         validate_block_settings(self.block_size, self.sub_block_size, self.threshold)
         check_clean_attention(self.clean_attention)
-        if self.block_alignment not in ("answer", "absolute"):
+        if self.block_alignment not in BLOCK_ALIGNMENTS:
             raise FastDVLMError(
                 f"block_alignment must be 'answer' or 'absolute', got {self.block_alignment!r}"
             )

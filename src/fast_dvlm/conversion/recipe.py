@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 from ..errors import FastDVLMError
 from ..settings import CleanAttention, check_clean_attention
@@ -38,7 +39,7 @@ class Recipe:
             )
         if self.alpha_diffusion < 0 or self.beta_ar < 0 or self.alpha_diffusion + self.beta_ar == 0:
             raise FastDVLMError("alpha_diffusion and beta_ar must be >= 0 and not both 0")
-        if self.noisy_layout not in ("response", "text", "full"):
+        if self.noisy_layout not in get_args(NoisyLayout):
             raise FastDVLMError(f"noisy_layout must be response, text or full, got {self.noisy_layout!r}")
         check_clean_attention(self.clean_attention)
         if not 0.0 < self.noise_eps < 1.0:

@@ -1,7 +1,7 @@
 """One answer being decoded (`Answer`): a (shared, stateless) decoder, the answer's session (its cache,
 positions and committed tokens) and its decoding state (its trace, a carried draft).
 
-`advance` runs the answer's decoding up to the next pass it needs; whoever holds the sequence runs
+`advance` runs the answer's decoding up to the next pass it needs; whoever holds the answer runs
 that pass and hands the logits back with `reply`. `stream` does so one pass at a time, for
 `generate` and `stream`; a `Batch` (batch.py) runs many answers' passes as one.
 """

@@ -5,7 +5,7 @@ A decoder holds its options only: everything one answer carries from step to ste
 draft) lives in its `DecodeState`, and its cache in its `Session`, so one decoder serves any number
 of answers at once. A step never runs the model itself: it yields each pass it needs (`Pass`) and is
 sent back that pass's logits, so whoever drives it decides how passes run: one at a time
-(`Sequence.stream`, for `generate` and `stream`) or together with other answers' passes in one
+(`Answer.stream`, for `generate` and `stream`) or together with other answers' passes in one
 batched forward (`decoding/batch.py`, for `generate_batch` and the server).
 """
 

@@ -112,11 +112,9 @@ class LeanTextModel:
                 return False
         return True
 
-    def __init__(
-        self, text_model: nn.Module, position_ids: Callable[[torch.Tensor], torch.Tensor], rows: int = 1
-    ) -> None:
-        """`position_ids` turns 1-D positions `[n]` into what the model's rotary embedding takes;
-        `rows` is how many sequences the buffers hold (more are added on demand)."""
+    def __init__(self, text_model: nn.Module, position_ids: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """`position_ids` turns 1-D positions `[n]` into what the model's rotary embedding takes.
+        The buffers start with one row; `slot` adds rows on demand."""
         self.model = text_model
         self.layers = [LeanLayer(layer) for layer in text_model.layers]
         config = text_model.config
@@ -126,7 +124,7 @@ class LeanTextModel:
         self.position_ids = position_ids
         weight = text_model.norm.weight
         self.dtype, self.device = weight.dtype, weight.device
-        self.lengths = [0] * rows  # positions held, per row
+        self.lengths = [0]  # positions held, per row
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.cos = self.sin = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)

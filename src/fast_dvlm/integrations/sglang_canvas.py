@@ -38,11 +38,9 @@ def start_canvas(
     seed: int, decoder: BlockDiffusionDecoder, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A fresh canvas `[seed, MASK x (B-1)]` ([B] ids) and which positions are still masked ([B] bool)."""
-    size = decoder.options.block_size
-    canvas = torch.full((size,), decoder.options.mask_id, dtype=torch.long, device=device)
-    canvas[0] = seed
-    masked = torch.ones(size, dtype=torch.bool, device=device)
-    masked[0] = False
+    canvas = decoder.masked_block([seed], device)
+    masked = torch.ones_like(canvas, dtype=torch.bool)
+    masked[0] = False  # the seed is known, whatever token it is
     return canvas, masked
 
 

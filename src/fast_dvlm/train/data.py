@@ -122,19 +122,14 @@ class ConversationDataset(torch.utils.data.Dataset):
         family: Family,
         image_root: str | Path | None = None,
         max_length: int = 2048,
-        text_only: bool = False,
         progress: bool = True,
     ) -> None:
         path = Path(path)
         if not path.is_file():
             raise FastDVLMError(f"data file not found: {path}")
         root = Path(image_root) if image_root is not None else path.parent
-        self.processor, self.family, self.max_length, self.text_only = (
-            processor,
-            family,
-            max_length,
-            text_only,
-        )
+        self.processor, self.family, self.max_length = processor, family, max_length
+        self.text_only = False  # see `text_only_view`
         self.skipped: Counter[str] = Counter()
         self.too_long: set[int] = set()
         self.conversations: list[Conversation] = []

@@ -73,7 +73,7 @@ class Schedule:
             raise FastDVLMError(
                 f"batch_size ({config.batch_size}) must be divisible by the {world} processes"
             )
-        self.config, self.size, self.rank, self.world = config, dataset_size, rank, world
+        self.config, self.size, self.rank = config, dataset_size, rank
         self.per_process = config.batch_size // world
         self.lengths = lengths
         self._epoch: tuple[int, list[int]] = (-1, [])
