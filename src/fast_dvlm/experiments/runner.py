@@ -13,14 +13,14 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from ..demo.recipe import DemoRecipe
+from ..demo.recipe import DemoRecipe, convert_config
 from ..errors import FastDVLMError
 from ..settings import THRESHOLD
 from ..train.config import TrainConfig
@@ -91,15 +91,8 @@ class ExperimentConfig:
 
     def train_config(self) -> TrainConfig:
         """The one training setup of every variant: make-demo's conversion, for `steps` steps."""
-        return TrainConfig(
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            warmup_steps=min(50, self.steps // 10),
-            weight_decay=0.01,
-            checkpoint_every=CHECKPOINT_EVERY,
-            seed=self.seed,
-        )
+        config = convert_config(self.steps, self.lr, self.batch_size, self.seed)
+        return replace(config, checkpoint_every=CHECKPOINT_EVERY)
 
 
 @dataclass
