@@ -59,10 +59,6 @@ class PassCost:
             return self
         return lambda n: self(rows * n) / rows
 
-    def ceiling(self) -> float:
-        """Tokens per second if every pass cost what a 1-token pass costs and committed one token."""
-        return 1.0 / self.seconds[0]
-
     @classmethod
     def of(cls, session: Session, refresh: bool = False) -> PassCost:
         """This machine's cost curve for `session`'s model: from memory, disk, or measured now."""

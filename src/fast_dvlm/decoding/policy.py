@@ -30,15 +30,6 @@ MARGIN = 1
 SHORTEST_DRAFT = 8
 
 
-def expected_tokens(confidence: Sequence[float], m: int) -> float:
-    """Tokens a step commits in expectation when it verifies the first `m` drafts."""
-    expected, survive = 1.0, 1.0
-    for q in confidence[:m]:
-        survive *= q
-        expected += survive
-    return expected
-
-
 def verify_count(
     confidence: Sequence[float], step_seconds: Callable[[int], float], most: int, margin: int = MARGIN
 ) -> int:

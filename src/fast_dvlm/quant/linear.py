@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fp8 import E4M3, dequantize, quantize, row_scales
+from .fp8 import E4M3, dequantize, fake_quantize, quantize, row_scales
 
 
 class FP8Linear(nn.Module):
@@ -44,11 +44,7 @@ class FP8Linear(nn.Module):
         return cls(quantize(linear.weight, scale), scale, linear.bias, quantize_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantize_input:
-            x_scale = row_scales(x)  # [..., 1]: one scale per token
-            x32 = dequantize(quantize(x, x_scale), x_scale)
-        else:
-            x32 = x.float()
+        x32 = fake_quantize(x.float()) if self.quantize_input else x.float()  # one scale per token
         bias = None if self.bias is None else self.bias.float()
         return F.linear(x32, dequantize(self.weight, self.weight_scale), bias).to(x.dtype)
 
