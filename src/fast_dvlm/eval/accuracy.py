@@ -91,3 +91,11 @@ def score_answers(
 def mean_accuracy(scores: dict[str, TaskScore]) -> float:
     """Accuracy averaged over tasks (each task counts once, whatever its number of items)."""
     return sum(s.summary()["accuracy"] for s in scores.values()) / max(len(scores), 1)
+
+
+def answer_groups(tasks: list[str]) -> dict[str, list[str]]:
+    """`tasks` split into the short-answer ones (the paper's 10-benchmark average) and the long one."""
+    return {
+        "short": [t for t in tasks if not get_task(t).long_answer],
+        "long": [t for t in tasks if get_task(t).long_answer],
+    }

@@ -29,7 +29,7 @@ from ..data import TASKS, get_task
 from ..modes import HF_GENERATE
 from ..prompt import ImageLike, Messages
 from ..vlm import DiffusionVLM, GenerationOutput
-from .accuracy import Item, TaskScore, read_items
+from .accuracy import Item, TaskScore, answer_groups, mean_accuracy, read_items
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -149,8 +149,6 @@ def report(
     ceiling (`ceiling_tokens_per_s`) and the share of it reached (`of_ceiling`).
     """
     tasks = [t for t in TASKS if t in next(iter(scores.values()))]
-    short = [t for t in tasks if not get_task(t).long_answer]
-    long = [t for t in tasks if get_task(t).long_answer]
     reference = combine(scores[HF_GENERATE], tasks).summary()["tokens_per_s"]
 
     def figures(score: TaskScore, ref_rate: float, accuracy: float | None = None) -> dict:
@@ -167,14 +165,14 @@ def report(
         return out
 
     def task_mean(label: str, group: list[str]) -> float:
-        return sum(scores[label][t].summary()["accuracy"] for t in group) / max(len(group), 1)
+        return mean_accuracy({t: scores[label][t] for t in group})
 
     out: dict = {"model": model_name, "modes": {}, "groups": {}, "tasks": {}}
     if one_token_pass_s:
         out["one_token_pass_ms"] = 1000 * one_token_pass_s
     for label, per_task in scores.items():
         out["modes"][label] = figures(combine(per_task, tasks), reference, task_mean(label, tasks))
-        for group_name, group in (("short", short), ("long", long)):
+        for group_name, group in answer_groups(tasks).items():
             if group:
                 group_ref = combine(scores[HF_GENERATE], group).summary()["tokens_per_s"]
                 out["groups"].setdefault(group_name, {})[label] = figures(

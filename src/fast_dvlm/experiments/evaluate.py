@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import TASKS, get_task
-from ..eval.accuracy import TaskScore
+from ..data import TASKS
+from ..eval.accuracy import TaskScore, answer_groups, mean_accuracy
 from ..eval.bench import BenchMode, combine, run_bench
 from ..settings import THRESHOLD
 from ..vlm import DiffusionVLM
@@ -24,17 +24,13 @@ def summarise(per_task: dict[str, TaskScore]) -> dict:
     tasks, the short-answer ones (the paper's 10-benchmark average) and the long-answer one; tokens
     per NFE and per second pooled; and each task's counts (for the sampling error)."""
     tasks = [t for t in TASKS if t in per_task]
-    groups = {
-        "all": tasks,
-        "short": [t for t in tasks if not get_task(t).long_answer],
-        "long": [t for t in tasks if get_task(t).long_answer],
-    }
+    groups = {"all": tasks} | answer_groups(tasks)
     out: dict = {"tasks": {t: {"correct": per_task[t].correct, "total": per_task[t].total} for t in tasks}}
     for name, group in groups.items():
         if group:
             pooled = combine(per_task, group).summary()
             out[name] = {
-                "accuracy": sum(per_task[t].summary()["accuracy"] for t in group) / len(group),
+                "accuracy": mean_accuracy({t: per_task[t] for t in group}),
                 "tokens_per_nfe": pooled["tokens_per_nfe"],
                 "tokens_per_s": pooled["tokens_per_s"],
             }
