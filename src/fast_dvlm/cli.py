@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import FastDVLMError
 from .experiments.budget import DEFAULT_PER_TASK, DEFAULT_STEPS, MULTI_TURN_PER_TASK, SWEEP_PER_TASK
@@ -14,6 +15,9 @@ from .modes import DEFAULT_MODE, MODES, check_mode
 from .quant.cli import add_quantize_parser
 from .serve.command import add_serve_parser
 from .settings import BLOCK_SIZE, SUB_BLOCK_SIZE, THRESHOLD
+
+if TYPE_CHECKING:
+    from .vlm import GenerationOutput
 
 MODEL_HELP = (
     "checkpoint directory, demo or demo-ar (the shipped demo models), or tiny:FAMILY for a random tiny model"
@@ -48,7 +52,7 @@ def decoding_settings(args: argparse.Namespace) -> dict[str, int | float | None]
     }
 
 
-def stat_line(out) -> str:
+def stat_line(out: GenerationOutput) -> str:
     return (
         f"[{out.mode}] {len(out.token_ids)} tokens, {out.nfe} NFE ({out.tokens_per_nfe:.2f} tokens/NFE), "
         f"{out.tokens_per_second:.1f} tokens/s, {out.seconds:.2f} s"

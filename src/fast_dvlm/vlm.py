@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
+from transformers import BatchFeature, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 from .decoding import DecodeOptions, Decoder, Session, StepTrace, make_decoder
 from .decoding.answer import Answer
@@ -81,7 +81,7 @@ class DiffusionVLM:
         self.engine = "lean"  # the default forward path of every answer (DecodeOptions.engine)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.processor.tokenizer
 
     def _stop_ids(self) -> frozenset[int]:
@@ -208,7 +208,9 @@ class DiffusionVLM:
         state, so one serves every answer decoded with these options."""
         return make_decoder(resolve_mode(mode, converted=self.settings.converted), options)
 
-    def encode(self, prompt: str | Messages, images: Sequence[ImageLike] | None, options: DecodeOptions):
+    def encode(
+        self, prompt: str | Messages, images: Sequence[ImageLike] | None, options: DecodeOptions
+    ) -> BatchFeature:
         """The processor's tensors of `prompt` and `images`, checked against the context length."""
         batch = encode_prompt(self.processor, prompt, images)
         self.check_context(batch["input_ids"].shape[1], options.max_new_tokens)

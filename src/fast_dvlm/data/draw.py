@@ -51,7 +51,13 @@ def shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], 
         raise ValueError(kind)
 
 
-def text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], value: str, size: int, colour=(20, 20, 20)) -> None:
+def text(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[int, int],
+    value: str,
+    size: int,
+    colour: tuple[int, int, int] = (20, 20, 20),
+) -> None:
     draw.text(xy, value, font=font(size), fill=colour)
 
 

@@ -9,6 +9,7 @@ that pass and hands the logits back with `reply`. `stream` does so one pass at a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from .base import Decoder, Pass, Passes
 from .session import Session
 
 
-def run_alone(passes: Passes, session: Session):
+def run_alone(passes: Passes, session: Session) -> Any:
     """Drive a step, or one of `Decoder`'s block passes, with each pass run on `session` alone; its result."""
     try:
         wanted = next(passes)

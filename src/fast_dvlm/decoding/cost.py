@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
+from ..models.family import Family
 from .session import Session
 
 SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
@@ -173,6 +175,6 @@ def answer_pass_cost(session: Session) -> Callable[[int], float]:
     return PassCost.of(session).shared(session.batch_rows)
 
 
-def model_pass_cost(model, family, refresh: bool = False) -> PassCost:
+def model_pass_cost(model: PreTrainedModel, family: Family, refresh: bool = False) -> PassCost:
     """The pass-cost model of a loaded model (a fresh session over it, the lean path where it runs)."""
     return PassCost.of(Session(model, family), refresh)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import Cache
 
 from ..conversion.attention import additive_mask, causal_allowed
 
@@ -185,7 +186,7 @@ class LeanTextModel:
             return cos[None, None], sin[None, None]
         return cos[:, None], sin[:, None]
 
-    def load(self, cache, row: int = 0) -> None:
+    def load(self, cache: Cache, row: int = 0) -> None:
         """Copy a transformers cache (a prefill run through the model itself) into row `row`."""
         length = cache.get_seq_length()
         self._reserve(length)
@@ -324,13 +325,15 @@ class LeanSlot:
         """Forget every position from `keep` on: O(1), the buffers are simply overwritten later."""
         self.model.lengths[self.row] = keep
 
-    def load(self, cache) -> None:
+    def load(self, cache: Cache) -> None:
         self.model.load(cache, self.row)
 
     def rope(self, positions: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.rope(positions, upto)
 
-    def prompt_rope(self, embeds: torch.Tensor, lm_position_ids: torch.Tensor):
+    def prompt_rope(
+        self, embeds: torch.Tensor, lm_position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.prompt_rope(embeds, lm_position_ids)
 
     def forward(

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 from transformers import get_scheduler
 
@@ -70,7 +71,10 @@ def visual_tokens(vlm: DiffusionVLM, images: list[Image.Image]) -> torch.Tensor:
 
 
 def optimizer_step(
-    loss: torch.Tensor, parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler=None
+    loss: torch.Tensor,
+    parameters: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler | None = None,
 ) -> None:
     """The step every pre-training stage takes: backward, gradient norm clipped to 1, the optimizer's
     (and the schedule's) step, gradients cleared."""
@@ -83,7 +87,12 @@ def optimizer_step(
 
 
 def save_checkpoint(
-    path: str | Path, weights: dict, optimizer, rng: random.Random, step: int, seconds: float
+    path: str | Path,
+    weights: dict,
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    step: int,
+    seconds: float,
 ) -> None:
     """The run's whole state (`weights`: what the stage itself restores), saved through a temporary
     file so a crash mid-save leaves the last checkpoint whole."""
@@ -93,7 +102,9 @@ def save_checkpoint(
     Path(f"{path}.tmp").replace(path)
 
 
-def resume_checkpoint(path: str | Path | None, optimizer, rng: random.Random) -> tuple[dict, int, float]:
+def resume_checkpoint(
+    path: str | Path | None, optimizer: torch.optim.Optimizer, rng: random.Random
+) -> tuple[dict, int, float]:
     """Restore the optimizer and random states saved by `save_checkpoint`; the saved state (for the
     stage's own weights), steps done and seconds spent, or `({}, 0, 0.0)` when there is none."""
     if path is None or not Path(path).exists():
@@ -185,7 +196,7 @@ class VisionPretrainer:
         scenes: list[Scene],
         focal_gamma: float,
         optimizer: torch.optim.Optimizer,
-        scheduler,
+        scheduler: LRScheduler,
         focus: str | None = None,
     ) -> float:
         """One optimizer step on `scenes`; the loss before it."""

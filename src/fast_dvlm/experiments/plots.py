@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 from .sweep import default_point
 
 
-def pyplot():
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend, imported only when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +50,7 @@ class FP8Linear(nn.Module):
         bias = None if self.bias is None else self.bias.float()
         return F.linear(x32, dequantize(self.weight, self.weight_scale), bias).to(x.dtype)
 
-    def _apply(self, fn, recurse: bool = True) -> FP8Linear:
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FP8Linear:
         """Device moves apply as usual; dtype casts (`model.half()`) leave the e4m3 weight and its
         fp32 scales alone: they are the quantised model."""
         weight, scale = self.weight, self.weight_scale
