@@ -1,4 +1,5 @@
-"""Peak memory and time of one conversion training step for each noisy-stream layout (SPEC §1.3).
+"""Peak memory and time of one conversion training step for each noisy-stream layout (the
+paper's vision-efficient concatenation against its alternatives).
 
     python benchmarks/layout_memory.py --out benchmarks/results/layout_memory
 

@@ -1,4 +1,4 @@
-"""The attention rules, checked element by element against SPEC §1.4 written out by hand."""
+"""The attention rules, checked element by element against the rules written out by hand."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from fast_dvlm.conversion.attention import (
 
 
 def spec_rule(q, k, clean_attention="causal"):
-    """SPEC §1.4 for one (query, key) pair, as plainly as it reads (stream 0 = clean, >0 = noisy copy)."""
+    """The mask rules (attention.py's docstring) for one (query, key) pair, as plainly as they read
+    (stream 0 = clean, >0 = noisy copy)."""
     (q_stream, q_pos, q_blk), (k_stream, k_pos, k_blk) = q, k
     q_noisy, k_noisy = q_stream > 0, k_stream > 0
     if q_noisy and k_noisy:

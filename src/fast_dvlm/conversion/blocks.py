@@ -1,4 +1,4 @@
-"""Blocks inside responses, with auto-truncation at turn boundaries (SPEC §1.1).
+"""Blocks inside responses, with auto-truncation at turn boundaries.
 
 Each prompt segment is one unit; each response is cut into blocks of B tokens counted from its own
 start, the last one cut at the response's end. Unit ids increase along the sequence, so "earlier

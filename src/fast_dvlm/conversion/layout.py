@@ -1,4 +1,5 @@
-"""Training rows: `[noisy copy 1 | noisy copy 2 | clean stream]` (SPEC §1.3), padded into a batch.
+"""Training rows: `[noisy copy 1 | noisy copy 2 | clean stream]`, padded into a batch: the paper's
+vision-efficient concatenation.
 
 The clean stream is the whole sequence with vision features, computed once. A noisy copy holds the
 response tokens only, some replaced by [MASK], at the position ids of the same tokens in the clean

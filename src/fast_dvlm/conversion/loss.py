@@ -1,4 +1,4 @@
-"""The conversion loss: α · diffusion + β · autoregressive (SPEC §1.5), both with the token shift."""
+"""The conversion loss: α · diffusion + β · autoregressive, both with the token shift."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which response tokens are masked: a noise level per block, and complementary copies (SPEC §1.2)."""
+"""Which response tokens are masked: a noise level per block, and complementary copies
+(as the authors' code draws them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The conversion recipe's switches, each defaulting to the paper's choice (SPEC §1)."""
+"""The conversion recipe's switches, each defaulting to the paper's choice."""
 
 from __future__ import annotations
 

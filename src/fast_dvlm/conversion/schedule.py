@@ -1,4 +1,4 @@
-"""Block-size annealing: a curriculum from small blocks to the final size (SPEC §1.6)."""
+"""Block-size annealing: a curriculum from small blocks to the final size."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Block diffusion with a KV cache: τ-threshold parallel unmasking, sub-block by sub-block (SPEC §2.2)."""
+"""Block diffusion with a KV cache: τ-threshold parallel unmasking, sub-block by sub-block."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ batched pass and each weighs its share of it (`PassCost.shared`): beside 7 other
 costs an eighth of an 8-token one, so short answers decode fastest as plain AR. (A round pads every
 row to its longest pass, so that saving is whole only where the round's rows all take AR steps.)
 
-`draft_policy="fixed"` verifies the whole block, as the algorithms in SPEC.md state them. Neither
+`draft_policy="fixed"` verifies the whole block, as the paper's algorithms do. Neither
 changes what is committed: only the verified prefix is kept, and it is exactly greedy AR.
 """
 

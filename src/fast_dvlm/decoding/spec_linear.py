@@ -1,4 +1,4 @@
-"""Lossless self-speculative decoding, linear form: a draft pass and a verify pass per block (SPEC §2.3)."""
+"""Lossless self-speculative decoding, linear form: a draft pass and a verify pass per block."""
 
 from __future__ import annotations
 

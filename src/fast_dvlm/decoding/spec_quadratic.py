@@ -1,4 +1,4 @@
-"""Lossless self-speculative decoding, quadratic form: verify and re-draft in one pass (SPEC §2.4).
+"""Lossless self-speculative decoding, quadratic form: verify and re-draft in one pass.
 
 One pass holds the current draft d_0..d_{B-1} (d_0, the seed, is exact) followed by B groups of
 B-1 masks. Group j sits at positions L+j+1 .. L+j+B-1, right after d_j:

@@ -3,7 +3,7 @@
 Words and digits drawn in the image are what stage 0's task head learns last, or not at all: after
 its 5000 steps the head read the sign word 17% of the time and the arithmetic digits at chance. A
 few hundred steps of reading random characters (A-Z, 0-9) drawn in the tasks' font, sizes and plates
-first change that. Measured on this machine (runs/d20/glyph.py, the demo's FastViT tower at 192 px,
+first change that. Measured by a probe not kept in the repository (the demo's FastViT tower at 192 px,
 batch 32, lr 1e-3): a sign-word probe trained after the pretext reaches 78/85/83/93% of validation
 words at 50/100/150/200 steps, against 12/20/28/57% from a fresh tower and 12/20/40/60% after the
 same pretext with random labels (so the gain is from reading, not from extra steps); the receipt

@@ -1,4 +1,4 @@
-"""The paper's numbers (Fast-dVLM, Qwen2.5-VL-3B, 11 benchmarks; SPEC §3 and issue 22), one place."""
+"""The paper's numbers (Fast-dVLM, Qwen2.5-VL-3B, 11 benchmarks), one place."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 
 
 class FastDVLMDiffusion(DllmAlgorithm):
-    """fast-dvlm's τ-threshold block diffusion (SPEC §2.2) on SGLang's canvas.
+    """fast-dvlm's τ-threshold block diffusion on SGLang's canvas.
 
     Separate context encoding gives Fast-dVLM's token-causal KV cache: committed tokens are encoded
     causally, the canvas's bidirectional keys are discarded. The whole canvas, seed included, is new
