@@ -18,8 +18,7 @@ from fast_dvlm.cli import main
 from fast_dvlm.models.tiny import build_tiny_model
 from fast_dvlm.prompt import encode_prompt
 from fast_dvlm.quant import FP8Linear, quantize, save_quantized
-from fast_dvlm.quant.fp8 import E4M3, fake_quantize, row_scales
-from fast_dvlm.quant.fp8 import quantize as quantize_tensor
+from fast_dvlm.quant.fp8 import E4M3, fake_quantize, row_scales, to_e4m3
 from fast_dvlm.quant.quantize import language_model_linears
 
 from .conftest import TEST_SIZE
@@ -62,7 +61,7 @@ def test_round_trip_error_is_at_most_half_an_e4m3_step():
 
 def test_each_rows_largest_value_maps_onto_448_and_representable_values_are_exact():
     x = torch.randn(8, 32)
-    assert torch.equal(quantize_tensor(x, row_scales(x)).float().abs().amax(-1), torch.full((8,), 448.0))
+    assert torch.equal(to_e4m3(x, row_scales(x)).float().abs().amax(-1), torch.full((8,), 448.0))
     values = e4m3_values()  # includes ±448, so each row's scale is exactly the power of two below
     rows = torch.stack([values * 2.0**k for k in (-9, 0, 6)])
     assert torch.equal(fake_quantize(rows), rows)
@@ -71,9 +70,7 @@ def test_each_rows_largest_value_maps_onto_448_and_representable_values_are_exac
 def test_zero_rows_quantise_to_zero_and_overflow_saturates():
     x = torch.tensor([[0.0, 0.0, 0.0], [0.0, -2.0, 1.0]])
     assert torch.equal(fake_quantize(x), x)
-    assert quantize_tensor(torch.tensor([[1000.0, -1000.0]]), torch.ones(1, 1)).float().tolist() == [
-        [448.0, -448.0]
-    ]
+    assert to_e4m3(torch.tensor([[1000.0, -1000.0]]), torch.ones(1, 1)).float().tolist() == [[448.0, -448.0]]
 
 
 def test_same_codes_and_scales_as_torchao():
@@ -84,9 +81,7 @@ def test_same_codes_and_scales_as_torchao():
     for x in (torch.randn(48, 64) * torch.logspace(-3, 2, 48)[:, None], torch.randn(5, 7, 64)):
         theirs = Float8Tensor.from_hp(x, granularity=PerRow())
         assert torch.equal(row_scales(x), theirs.scale)
-        assert torch.equal(
-            quantize_tensor(x, row_scales(x)).view(torch.uint8), theirs.qdata.view(torch.uint8)
-        )
+        assert torch.equal(to_e4m3(x, row_scales(x)).view(torch.uint8), theirs.qdata.view(torch.uint8))
 
 
 # --- the emulated layer ------------------------------------------------------------------------
@@ -128,7 +123,7 @@ def test_emulated_w8a8_equals_an_fp8_gemm(linear):
     layer = FP8Linear.from_linear(linear, quantize_input=True)
     x_scale = row_scales(x)
     gemm = torch._scaled_mm(
-        quantize_tensor(x, x_scale),
+        to_e4m3(x, x_scale),
         layer.weight.t(),
         scale_a=x_scale,
         scale_b=layer.weight_scale.t(),

@@ -28,12 +28,12 @@ def row_scales(x: torch.Tensor) -> torch.Tensor:
     return absmax.clamp(min=_TINY) / E4M3_MAX
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def to_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The e4m3 codes of `x` under `scale` (broadcast over rows), saturating at ±448."""
     return (x.detach().float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def from_e4m3(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`q * scale`, computed in fp32, returned in `dtype`."""
     return (q.float() * scale).to(dtype)
 
@@ -41,4 +41,4 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
 def fake_quantize(x: torch.Tensor) -> torch.Tensor:
     """`x` after a per-row quantise-dequantise round trip, in `x`'s dtype."""
     scale = row_scales(x)
-    return dequantize(quantize(x, scale), scale, x.dtype)
+    return from_e4m3(to_e4m3(x, scale), scale, x.dtype)

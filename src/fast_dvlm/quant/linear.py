@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fp8 import E4M3, dequantize, fake_quantize, quantize, row_scales
+from .fp8 import E4M3, fake_quantize, from_e4m3, row_scales, to_e4m3
 
 
 class FP8Linear(nn.Module):
@@ -43,12 +43,12 @@ class FP8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, quantize_input: bool) -> FP8Linear:
         scale = row_scales(linear.weight)
-        return cls(quantize(linear.weight, scale), scale, linear.bias, quantize_input)
+        return cls(to_e4m3(linear.weight, scale), scale, linear.bias, quantize_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = fake_quantize(x.float()) if self.quantize_input else x.float()  # one scale per token
         bias = None if self.bias is None else self.bias.float()
-        return F.linear(x32, dequantize(self.weight, self.weight_scale), bias).to(x.dtype)
+        return F.linear(x32, from_e4m3(self.weight, self.weight_scale), bias).to(x.dtype)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FP8Linear:
         """Device moves apply as usual; dtype casts (`model.half()`) leave the e4m3 weight and its
