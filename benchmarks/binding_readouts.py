@@ -39,11 +39,11 @@ import json
 import time
 from pathlib import Path
 
-from fast_dvlm.data import TASKS as DEMO_TASKS
 from fast_dvlm.demo.readouts import (
     BINDING_TASKS,
     READOUT_TASKS,
     curriculum,
+    parse_repeat,
     repeated_split,
     train_readouts,
 )
@@ -55,23 +55,7 @@ from fast_dvlm.train.trainer import convert
 from fast_dvlm.vlm import load
 
 TASKS = BINDING_TASKS
-ALL_TASKS = tuple(DEMO_TASKS)  # what the AR stage trains on
 ARMS = ("together", "curriculum", "ar")
-
-
-def parse_repeat(spec: str) -> dict[str, int]:
-    """`"spatial=5,chart=4"` -> `{"spatial": 5, "chart": 4}`: how many times an AR epoch holds each
-    named task's training records (every other task once)."""
-    repeat = {}
-    for item in filter(None, spec.split(",")):
-        task, _, times = item.partition("=")
-        if task not in ALL_TASKS or not times.isdigit() or int(times) < 1:
-            raise ValueError(
-                f"--ar-repeat item {item!r}: expected TASK=TIMES with TIMES >= 1 and TASK one of "
-                f"{', '.join(ALL_TASKS)}"
-            )
-        repeat[task] = int(times)
-    return repeat
 
 
 def score(model: str | Path, val_file: Path) -> dict[str, float]:
@@ -253,7 +237,7 @@ def main() -> None:
         parser.error(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
     try:
         args.ar_repeat = parse_repeat(args.ar_repeat)
-    except ValueError as error:
+    except FastDVLMError as error:
         parser.error(str(error))
     if args.anchor < 0:
         parser.error(f"--anchor must be 0 or more, got {args.anchor}")

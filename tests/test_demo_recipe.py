@@ -85,7 +85,7 @@ def test_every_stage_runs_and_a_rerun_skips_them(tmp_path, family, monkeypatch):
     export_fp16(tmp_path / "converted", tmp_path / "export")
     write_model_card(tmp_path / "export", "demo", "spec-linear", recipe, timings, tmp_path)
     card = (tmp_path / "export" / "README.md").read_text()
-    assert f"fast-dvlm make-demo --workdir {tmp_path}`" in card
+    assert f"fast-dvlm make-demo --workdir {tmp_path} --readout-steps 3 --ar-repeat spatial=5`" in card
     assert ARCHITECTURES[family] in card
     assert "binding readouts (`fast_dvlm.demo.readouts`): 3 steps, 2 readouts a task" in card
     assert "records of spatial x5\n  repeated" in card
@@ -127,7 +127,10 @@ def test_a_recipe_that_contradicts_itself_is_refused_before_any_training():
 def test_the_command_ends_with_the_recorded_timings_and_where_the_models_are(tmp_path, monkeypatch, capsys):
     timings = {"data": 2.0, "AR training": 80.25}
 
-    def finished_run(workdir, export):
+    recipes = []
+
+    def finished_run(workdir, recipe, export):
+        recipes.append(recipe)
         (Path(workdir) / "recipe.json").write_text(json.dumps({"timings": timings}))
         return {"ar": Path(workdir) / "ar-restart", "converted": Path(workdir) / "converted"}
 
@@ -136,3 +139,22 @@ def test_the_command_ends_with_the_recorded_timings_and_where_the_models_are(tmp
     out = capsys.readouterr().out
     assert "make-demo: data 2.0 min, AR training 80.2 min; 82.2 min in all" in out
     assert f"converted: {tmp_path / 'converted'}" in out and "exported" not in out
+    assert recipes.pop() == DemoRecipe()
+    args = [
+        "make-demo",
+        "--workdir",
+        str(tmp_path),
+        "--no-export",
+        "--readout-steps",
+        "1500",
+        "--ar-repeat",
+        "spatial=5",
+    ]
+    assert cli.main(args) == 0
+    assert recipes.pop() == DemoRecipe(readout_steps=1500, ar_restart_repeat={"spatial": 5})
+    assert cli.main(args[:-1] + ["colour=2"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith("fast-dvlm: error: --ar-repeat item 'colour=2': expected TASK=TIMES")
+        and "\n" not in error
+    )

@@ -141,9 +141,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
-    from .demo.recipe import describe_timings, make_demo
+    from .demo.readouts import parse_repeat
+    from .demo.recipe import DemoRecipe, describe_timings, make_demo
 
-    paths = make_demo(args.workdir, export=not args.no_export)
+    recipe = DemoRecipe(readout_steps=args.readout_steps, ar_restart_repeat=parse_repeat(args.ar_repeat))
+    paths = make_demo(args.workdir, recipe, export=not args.no_export)
     timings = json.loads((Path(args.workdir) / "recipe.json").read_text())["timings"]
     print(f"make-demo: {describe_timings(timings)}")
     exported = "" if args.no_export else " (both exported to the package's assets: demo-ar, demo)"
@@ -226,12 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
         "make-demo",
         help="build the demo models from scratch (data, tokenizer, AR training, conversion)",
         description="The demo recipe (fast_dvlm.demo.recipe.DemoRecipe: a tiny FastVLM-architecture model): "
-        "procedural data, offline tokenizer, vision-tower pre-training, AR training from scratch, binding "
-        "readouts, a second AR cycle, direct conversion, fp16 export to the package assets. Resumable: "
-        "rerun the same command after a stop.",
+        "procedural data, offline tokenizer, vision-tower pre-training, AR training from scratch, (binding "
+        "readouts, off by default), a second AR cycle, direct conversion, fp16 export to the package assets. "
+        "Resumable: rerun the same command after a stop.",
     )
     make.add_argument("--workdir", default="runs/demo", help="where data, logs and checkpoints go")
     make.add_argument("--no-export", action="store_true", help="do not overwrite the shipped assets")
+    make.add_argument(
+        "--readout-steps",
+        type=int,
+        default=0,
+        help="binding-readout steps between the two AR cycles (default: 0, none; the README's run: 1500)",
+    )
+    make.add_argument(
+        "--ar-repeat",
+        default="",
+        help="TASK=TIMES,...: each named task's records that many times in the second AR cycle (spatial=5)",
+    )
     make.set_defaults(run=cmd_make_demo)
 
     runs = commands.add_parser(

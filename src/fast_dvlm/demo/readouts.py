@@ -39,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_scheduler
 
+from ..data import TASKS
 from ..data.draw import COLOURS, SHAPES
 from ..data.numbers import LARGER_QUESTION, STEP_NUMBERS, SUM_QUESTION
 from ..data.scenes import LETTERS
@@ -292,6 +293,21 @@ def train_readouts(
             save_checkpoint(checkpoint, weights, optimizer, rng, done, time.perf_counter() - started)
     vlm.model.eval()
     return {"schedule": schedule, "heads": heads, "log": log, "seconds": time.perf_counter() - started}
+
+
+def parse_repeat(spec: str) -> dict[str, int]:
+    """`"spatial=5,chart=4"` -> `{"spatial": 5, "chart": 4}`: how many times an AR epoch holds each
+    named task's training records (every other task once)."""
+    repeat = {}
+    for item in filter(None, spec.split(",")):
+        task, _, times = item.partition("=")
+        if task not in TASKS or not times.isdigit() or int(times) < 1:
+            raise FastDVLMError(
+                f"--ar-repeat item {item!r}: expected TASK=TIMES with TIMES >= 1 and TASK one of "
+                f"{', '.join(TASKS)}"
+            )
+        repeat[task] = int(times)
+    return repeat
 
 
 def repeated_split(train_file: Path, repeat: dict[str, int]) -> Path:

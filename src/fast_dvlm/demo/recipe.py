@@ -309,10 +309,15 @@ def write_model_card(
     )
     repeat = ", ".join(f"{task} x{times}" for task, times in recipe.ar_restart_repeat.items())
     repeat = f", records of {repeat}\n  repeated" if repeat else ""
+    flags = f" --readout-steps {recipe.readout_steps}" if recipe.readout_steps else ""
+    if recipe.ar_restart_repeat:
+        flags += " --ar-repeat " + ",".join(
+            f"{task}={times}" for task, times in recipe.ar_restart_repeat.items()
+        )
     (folder / "README.md").write_text(
         f"""# fast-dvlm {name}: tiny {ARCHITECTURES.get(recipe.family, recipe.family)} VLM ({stage})
 
-Made by `fast-dvlm make-demo --workdir {workdir}` (recipe: `fast_dvlm.demo.recipe.DemoRecipe`).
+Made by `fast-dvlm make-demo --workdir {workdir}{flags}` (recipe: `fast_dvlm.demo.recipe.DemoRecipe`).
 
 - {params / 1e6:.1f}M parameters, stored in fp16; {recipe.image_size}-pixel square images
 - data: the 11 procedural tasks of `fast_dvlm.data`; per task {recipe.train_per_task} training images
