@@ -417,7 +417,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    command = "OMP_NUM_THREADS=1 python benchmarks/decode_profile.py " + " ".join(sys.argv[1:])
+    threads = os.environ.get("OMP_NUM_THREADS")  # the command as it was run
+    command = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python benchmarks/decode_profile.py "
+    command += " ".join(sys.argv[1:])
     results: dict = {
         "command": command.strip(),
         "threads": args.threads,
