@@ -43,6 +43,7 @@ from fast_dvlm.demo.readouts import (
     BINDING_TASKS,
     READOUT_TASKS,
     curriculum,
+    format_repeat,
     parse_repeat,
     repeated_split,
     train_readouts,
@@ -116,7 +117,7 @@ def run_arm(arm: str, data: Path, work: Path, args: argparse.Namespace) -> dict:
 
 def ar_variant(settings: dict) -> str:
     """The AR stage's options as they are given on the command line."""
-    repeat = ",".join(f"{task}={times}" for task, times in settings["ar_repeat"].items())
+    repeat = format_repeat(settings["ar_repeat"])
     frozen = " --ar-freeze-tower" if settings["ar_freeze_tower"] else ""
     return (f" --ar-repeat {repeat}" if repeat else "") + frozen
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's standing figures measured on the shipped demo models, regenerated in one go (the
-# one-off studies the README quotes with their own command are not rerun here). Run it with nothing else on the machine (each study sets its own threads where
-# it has a flag; the rest use OMP_NUM_THREADS, 2 by default):
+# one-off studies the README quotes with their own command are not rerun here). Run it with nothing
+# else on the machine (each study sets its own threads where it has a flag; the rest use
+# OMP_NUM_THREADS, 2 by default):
 #
 #     bash benchmarks/demo_figures.sh [VERSIONS_REV [PREFILL_REV [DEMO_WORKDIR]]] > runs/demo_figures.log 2>&1
 #

@@ -10,7 +10,7 @@ import pytest
 from benchmarks import binding_readouts as study
 from fast_dvlm import DiffusionVLM, FastDVLMError
 from fast_dvlm.data.build import build_splits
-from fast_dvlm.demo.readouts import parse_repeat
+from fast_dvlm.demo.readouts import format_repeat, parse_repeat
 from fast_dvlm.models.family import TinySize
 from fast_dvlm.models.tiny import build_tiny_model
 
@@ -60,6 +60,7 @@ def test_an_arm_keeps_its_readout_stage_and_a_rerun_reuses_it(split, tmp_path, m
 def test_the_repeat_option_names_tasks_and_counts():
     assert parse_repeat("spatial=3,chart=2") == {"spatial": 3, "chart": 2}
     assert parse_repeat("") == {}
+    assert format_repeat(parse_repeat("spatial=3,chart=2")) == "spatial=3,chart=2"
     for bad in ("spatial=0", "spatial", "colour=2", "chart=x"):
         with pytest.raises(FastDVLMError, match="expected TASK=TIMES"):
             parse_repeat(bad)

@@ -84,4 +84,4 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask.unsqueeze(-3) if mask.dim() == 3 else mask[None, None]
+    return mask.view(-1, 1, *allowed.shape[-2:])

@@ -310,6 +310,11 @@ def parse_repeat(spec: str) -> dict[str, int]:
     return repeat
 
 
+def format_repeat(repeat: dict[str, int]) -> str:
+    """`parse_repeat`'s inverse: `{"spatial": 5}` -> `"spatial=5"`."""
+    return ",".join(f"{task}={times}" for task, times in repeat.items())
+
+
 def repeated_split(train_file: Path, repeat: dict[str, int]) -> Path:
     """The training split with each record of a task in `repeat` written that many times, next to
     the split so its image paths still resolve (the trainer shuffles every epoch)."""

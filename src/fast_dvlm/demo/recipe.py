@@ -29,7 +29,7 @@ from ..train.trainer import LOG_FILE, convert
 from ..vlm import DiffusionVLM
 from ..workdir import claim_workdir
 from .glyph_pretrain import pretrain_glyphs
-from .readouts import BINDING_TASKS, curriculum, repeated_split, train_readouts
+from .readouts import BINDING_TASKS, curriculum, format_repeat, repeated_split, train_readouts
 from .vision_pretrain import pretrain_vision, read_scenes
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -311,9 +311,7 @@ def write_model_card(
     repeat = f", records of {repeat}\n  repeated" if repeat else ""
     flags = f" --readout-steps {recipe.readout_steps}" if recipe.readout_steps else ""
     if recipe.ar_restart_repeat:
-        flags += " --ar-repeat " + ",".join(
-            f"{task}={times}" for task, times in recipe.ar_restart_repeat.items()
-        )
+        flags += f" --ar-repeat {format_repeat(recipe.ar_restart_repeat)}"
     (folder / "README.md").write_text(
         f"""# fast-dvlm {name}: tiny {ARCHITECTURES.get(recipe.family, recipe.family)} VLM ({stage})
 
